@@ -1,0 +1,755 @@
+"""Multi-task training, evaluation and prediction for run_multi_task.py.
+
+The pieces, in the order a run uses them:
+
+    load_task_data        read and featurise every task's train/dev (or test) files
+    DistributedContext    single process, DataParallel, or torch.distributed (DDP)
+    build_model           BertForMultiTask, pretrained weights, --freeze
+    build_optimizers      the original's BERTAdam groups (and the --optim split)
+    Trainer               the sampling loop: one task per optimizer step, evaluation
+                          after every epoch, best-model selection, resumable checkpoints
+    predict               GLUE submission files from a trained model
+
+Faithful-replication mode (``replicate_original``) reproduces the original's
+result-changing behaviour together: dropout off after the first evaluation,
+batches replayed in their first-pass order, padding to max_seq_length, per-batch
+MCC / Pearson with evaluation batch 8, the hard-coded task sizes, and model
+selection by the sum of metrics.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+import checkpointing
+import glue
+import modeling
+from modeling import BertConfig, BertForMultiTask
+from optimization import BERTAdam
+
+logger = logging.getLogger("run_multi_task")
+
+ORIGINAL_STEPS_PER_TASK = 300  # optimizer steps per epoch per task in the original
+ORIGINAL_EVAL_BATCH_SIZE = 8
+SPLIT_OPTIMIZER_LR = 3e-4  # the original's hard-coded LR for PAL attention under --optim
+NO_DECAY_MARKERS = ("bias", "gamma", "beta")
+FREEZE_KEEP_MARKERS = ("aug", "classifier", "mult", "gamma", "beta")
+
+
+class UsageError(ValueError):
+    """A command line the script cannot run (one-line message)."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM arrived; a resumable checkpoint was saved."""
+
+    def __init__(self, signal_number: int, checkpoint: Path):
+        super().__init__(f"stopped by signal {signal_number}; resume with --resume ({checkpoint})")
+        self.signal_number = signal_number
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite."""
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TaskData:
+    """One task's featurised data. ``dev`` maps a split name to its features."""
+
+    name: str
+    task_id: int
+    train: List[glue.InputFeatures] = field(default_factory=list)
+    dev: Dict[str, List[glue.InputFeatures]] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> glue.TaskSpec:
+        return glue.TASKS[self.name]
+
+
+def featurise(data_dir, task: str, split: str, tokenizer, max_seq_length: int) -> List[glue.InputFeatures]:
+    examples = glue.read_examples(data_dir, task, split)
+    return glue.convert_examples_to_features(examples, task, tokenizer, max_seq_length)
+
+
+def load_task_data(data_dir, task_names: Sequence[str], tokenizer, max_seq_length: int,
+                   with_train: bool, with_dev: bool) -> List[TaskData]:
+    """Read and featurise the train and dev files of every task (eagerly, as the original)."""
+    tasks = []
+    for task_id, name in enumerate(tqdm(task_names, desc="reading tasks", leave=False)):
+        data = TaskData(name=name, task_id=task_id)
+        if with_train:
+            data.train = featurise(data_dir, name, "train", tokenizer, max_seq_length)
+        if with_dev:
+            data.dev = {split: featurise(data_dir, name, split, tokenizer, max_seq_length)
+                        for split in data.spec.dev_splits}
+        tasks.append(data)
+    return tasks
+
+
+class BatchStream:
+    """Endless training batches of one task, as example indices.
+
+    Examples form one long sequence of independent permutations (one per pass over
+    the data, derived from (seed, task, pass) so no generator state is needed), cut
+    into full batches. Every pass is reshuffled, and the state is one integer.
+
+    With ``replay_first_pass`` (the original's ``itertools.cycle``), the first pass's
+    batches, the last one partial, are replayed in the same order forever.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, task_id: int,
+                 replay_first_pass: bool = False):
+        if num_examples < 1:
+            raise UsageError(f"task {task_id} has no training examples")
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.task_id = task_id
+        self.replay_first_pass = replay_first_pass
+        self.batches_drawn = 0
+        self._cached_pass: Optional[int] = None
+        self._cached_order: Optional[np.ndarray] = None
+
+    def _pass_order(self, pass_index: int) -> np.ndarray:
+        if self._cached_pass != pass_index:
+            rng = np.random.default_rng([self.seed, self.task_id, pass_index])
+            self._cached_order = rng.permutation(self.num_examples)
+            self._cached_pass = pass_index
+        return self._cached_order
+
+    def next_indices(self) -> np.ndarray:
+        """Indices of the next batch (global, before sharding across ranks)."""
+        batch = self.batches_drawn
+        self.batches_drawn += 1
+        if self.replay_first_pass:
+            batches_per_pass = math.ceil(self.num_examples / self.batch_size)
+            start = (batch % batches_per_pass) * self.batch_size
+            return self._pass_order(0)[start:start + self.batch_size]
+        start = batch * self.batch_size
+        end = start + self.batch_size
+        chunks = []
+        while start < end:
+            pass_index, offset = divmod(start, self.num_examples)
+            take = min(end - start, self.num_examples - offset)
+            chunks.append(self._pass_order(pass_index)[offset:offset + take])
+            start += take
+        return np.concatenate(chunks)
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.batches_drawn = int(state["batches_drawn"])
+
+
+# --------------------------------------------------------------------------------------
+# Devices and processes
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class DistributedContext:
+    """Where this process runs and how it talks to the others."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    n_gpu: int = 0
+    distributed: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def gather_objects(self, obj: Any) -> List[Any]:
+        if not self.distributed:
+            return [obj]
+        gathered: List[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
+
+
+def setup_distributed(local_rank: int, no_cuda: bool) -> DistributedContext:
+    """torchrun (LOCAL_RANK) or --local_rank: DDP with NCCL on GPU, gloo on CPU."""
+    env_rank = os.environ.get("LOCAL_RANK")
+    if local_rank == -1 and env_rank is not None:
+        local_rank = int(env_rank)
+    use_cuda = torch.cuda.is_available() and not no_cuda
+    if local_rank == -1:
+        device = torch.device("cuda" if use_cuda else "cpu")
+        return DistributedContext(device=device, n_gpu=torch.cuda.device_count() if use_cuda else 0)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistributedContext(device=device, rank=dist.get_rank(), world_size=dist.get_world_size(),
+                              n_gpu=1 if use_cuda else 0, distributed=True)
+
+
+def autocast_context(device: torch.device, bf16: bool, fp16: bool):
+    if bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if fp16:
+        return torch.autocast(device_type=device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# --------------------------------------------------------------------------------------
+# Model and optimizers
+# --------------------------------------------------------------------------------------
+
+def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: Optional[str],
+                freeze: bool) -> BertForMultiTask:
+    """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init)."""
+    config = config.replace(num_tasks=len(task_names))
+    model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names])
+    if init_checkpoint:
+        modeling.load_pretrained_weights(model, init_checkpoint, log=logger)
+    if freeze:
+        freeze_shared_bert(model)
+    return model
+
+
+def freeze_shared_bert(model: BertForMultiTask) -> int:
+    """The original's --freeze: train only adapters, LayerNorms and heads. Returns the count frozen."""
+    frozen = 0
+    for name, param in model.bert.named_parameters():
+        if not any(marker in name for marker in FREEZE_KEEP_MARKERS):
+            param.requires_grad = False
+            frozen += param.numel()
+    return frozen
+
+
+def _decay_groups(named_params):
+    named_params = list(named_params)
+    return [
+        {"params": [p for n, p in named_params if not any(m in n for m in NO_DECAY_MARKERS)],
+         "weight_decay_rate": 0.01},
+        {"params": [p for n, p in named_params if any(m in n for m in NO_DECAY_MARKERS)],
+         "weight_decay_rate": 0.0},
+    ]
+
+
+def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_total: int,
+                     split_attention: bool) -> List[BERTAdam]:
+    """BERTAdam over decay / no-decay groups; with ``split_attention`` (the original's
+    ``--optim`` other than 'normal') the PAL attention gets its own BERTAdam at 3e-4."""
+    named = list(model.named_parameters())
+    if not split_attention:
+        return [BERTAdam(_decay_groups(named), lr=learning_rate, warmup=warmup, t_total=t_total)]
+    attention = [(n, p) for n, p in named if "attn" in n]
+    rest = [(n, p) for n, p in named if "attn" not in n]
+    if not attention:
+        raise UsageError("--optim splits off the PAL attention parameters, but this config has none")
+    return [BERTAdam(_decay_groups(rest), lr=learning_rate, warmup=warmup, t_total=t_total),
+            BERTAdam(_decay_groups(attention), lr=SPLIT_OPTIMIZER_LR, warmup=warmup, t_total=t_total)]
+
+
+def unwrap(model: nn.Module) -> BertForMultiTask:
+    return model.module if hasattr(model, "module") else model
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation and prediction
+# --------------------------------------------------------------------------------------
+
+def predict_features(model: BertForMultiTask, features: Sequence[glue.InputFeatures], task_id: int,
+                     batch_size: int, device: torch.device, regression: bool, bf16: bool = False,
+                     fp16: bool = False, pad_to: Optional[int] = None, desc: str = "") -> np.ndarray:
+    """Predictions in input order: class ids, or floats for regression.
+
+    Batches are grouped by length (longest first) so little compute goes to padding;
+    the order does not change any prediction.
+    """
+    order = glue.length_grouped_order([len(f.input_ids) for f in features], batch_size, None)
+    outputs = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not desc):
+            indices = order[start:start + batch_size]
+            batch = glue.collate_features([features[i] for i in indices], pad_to=pad_to, regression=regression)
+            with autocast_context(device, bf16, fp16):
+                logits = model(batch["input_ids"].to(device), batch["segment_ids"].to(device),
+                               batch["input_mask"].to(device), task_id)
+            logits = logits.float().cpu()
+            outputs[indices] = logits[:, 0].numpy() if regression else logits.argmax(dim=-1).numpy()
+    model.train(was_training)
+    return outputs
+
+
+def labels_of(features: Sequence[glue.InputFeatures]) -> np.ndarray:
+    return np.array([f.label_id for f in features])
+
+
+def score_key(task: str, split: str) -> str:
+    """The GLUE entry a dev split counts as: MNLI mismatched is its own entry."""
+    return "mnli-mm" if split == "dev_mismatched" else task
+
+
+def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings: "TrainingSettings",
+                   device: torch.device, epoch: int = 0, global_step: int = 0,
+                   train_losses: Optional[Dict[str, Optional[float]]] = None) -> Dict[str, Any]:
+    """Score every task's dev split(s); returns scores, the GLUE average and one record
+    per task and split (as written to metrics.jsonl).
+
+    The selection score is the GLUE average, or in faithful-replication mode the
+    original's sum of per-batch metrics (MNLI matched only).
+    """
+    replicate = settings.replicate_original
+    batch_size = ORIGINAL_EVAL_BATCH_SIZE if replicate else settings.eval_batch_size
+    pad_to = settings.max_seq_length if replicate else None
+    scores, records, original_sum = {}, [], 0.0
+    for task in tasks:
+        for split, features in task.dev.items():
+            preds = predict_features(model, features, task.task_id, batch_size, device, task.spec.is_regression,
+                                     settings.bf16, settings.fp16, pad_to, desc=f"eval {task.name} {split}")
+            labels = labels_of(features)
+            metrics = glue.compute_metrics(task.name, preds, labels)
+            key = score_key(task.name, split)
+            scores[key] = glue.task_score(task.name, metrics)
+            record = {"epoch": epoch, "global_step": global_step, "task": key, "split": split, **metrics,
+                      "score": scores[key], "train_loss": (train_losses or {}).get(task.name)}
+            if replicate and split != "dev_mismatched":
+                record["original_metric"] = glue.original_batch_metric(task.name, preds, labels,
+                                                                       ORIGINAL_EVAL_BATCH_SIZE)
+                original_sum += record["original_metric"]
+            records.append(record)
+            logger.info("epoch %d %s: %s", epoch, key, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    average = glue.glue_average(scores)
+    logger.info("epoch %d: GLUE average %.4f%s", epoch, average,
+                f", original total {original_sum:.4f}" if replicate else "")
+    return {"epoch": epoch, "global_step": global_step, "scores": scores, "glue_average": average,
+            "selection_score": original_sum if replicate else average, "records": records}
+
+
+# --------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingSettings:
+    """What the training loop needs beyond the model and data (validated by the CLI)."""
+
+    output_dir: Path
+    vocab_file: str
+    train_batch_size: int
+    eval_batch_size: int
+    gradient_accumulation_steps: int
+    num_train_epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+    warmup_proportion: float
+    sample: str
+    seed: int
+    max_seq_length: int
+    split_attention_optimizer: bool = False
+    replicate_original: bool = False
+    use_original_sizes: bool = False
+    skip_unsampled_updates: bool = False
+    save_checkpoints_steps: int = 1000
+    bf16: bool = False
+    fp16: bool = False
+    skip_nonfinite_loss: bool = False
+    save_adapters: bool = True
+    plot: bool = True
+    keep_epoch_checkpoints: bool = False
+
+
+class Trainer:
+    """One task per optimizer step, sampled by size or in turn; evaluation per epoch."""
+
+    def __init__(self, model: BertForMultiTask, tasks: List[TaskData], settings: TrainingSettings,
+                 ctx: DistributedContext):
+        self.settings = settings
+        self.ctx = ctx
+        self.tasks = tasks
+        self.task_names = [t.name for t in tasks]
+        self.model = model.to(ctx.device)
+        self.wrapped = self._wrap(self.model)
+        self.t_total = settings.steps_per_epoch * settings.num_train_epochs
+        self.optimizers = build_optimizers(self.model, settings.learning_rate, settings.warmup_proportion,
+                                           self.t_total, settings.split_attention_optimizer)
+        self.scaler = torch.amp.GradScaler("cuda") if settings.fp16 else None
+        self.sampler = glue.TaskSampler(self.task_sizes(), settings.sample, settings.num_train_epochs, settings.seed)
+        micro_batch = settings.train_batch_size // settings.gradient_accumulation_steps
+        self.streams = [BatchStream(len(t.train), micro_batch, settings.seed, t.task_id,
+                                    replay_first_pass=settings.replicate_original) for t in tasks]
+        self.pad_to = settings.max_seq_length if settings.replicate_original else None
+        self.global_step = 0
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.best_score = -math.inf
+        self.history: List[Dict[str, Any]] = []  # one record per task, split and evaluation
+        self.probability_history: List[List[float]] = []
+        self.draw_digest = hashlib.sha256()
+        self.epoch_losses = self._empty_losses()
+        self._stop_signal: Optional[int] = None
+        self.dropout_disabled = False  # the original's eval() that was never undone
+
+    # ---- setup ----------------------------------------------------------------------
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.ctx.distributed:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            # Unsampled tasks' modules get no gradient at a step.
+            return nn.parallel.DistributedDataParallel(model, device_ids=device_ids,
+                                                       find_unused_parameters=True)
+        if self.ctx.n_gpu > 1:
+            return nn.DataParallel(model)
+        return model
+
+    def task_sizes(self) -> List[float]:
+        if self.settings.use_original_sizes:
+            unknown = [n for n in self.task_names if n not in glue.ORIGINAL_SIZES]
+            if unknown:
+                raise UsageError(f"no hard-coded original size for task(s) {', '.join(unknown)}")
+            return [glue.ORIGINAL_SIZES[n] for n in self.task_names]
+        return [len(t.train) for t in self.tasks]
+
+    def _empty_losses(self) -> Dict[str, List[float]]:
+        return {name: [0.0, 0] for name in self.task_names}
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def train(self) -> Dict[str, Any]:
+        """Run (or continue) training; returns the best evaluation."""
+        previous_handlers = self._install_signal_handlers()
+        try:
+            self.wrapped.train()
+            while self.epoch < self.settings.num_train_epochs:
+                if self.step_in_epoch == 0:
+                    self.probability_history.append([float(p) for p in self.sampler.start_epoch(self.epoch)])
+                    self.epoch_losses = self._empty_losses()
+                    logger.info("epoch %d: task probabilities %s", self.epoch,
+                                ", ".join(f"{n} {p:.4f}" for n, p in zip(self.task_names, self.sampler.probs)))
+                self._train_epoch()
+                self._end_of_epoch()
+            self._check_ranks_drew_the_same_tasks()
+            return self.best_evaluation()
+        finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+
+    def _train_epoch(self) -> None:
+        steps = self.settings.steps_per_epoch
+        progress = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
+                        disable=not self.ctx.is_main, dynamic_ncols=True)
+        while self.step_in_epoch < steps:
+            task_id = self.sampler.next_task()
+            self.draw_digest.update(bytes([task_id % 256]))
+            loss = self._optimizer_step(task_id)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            progress.update(1)
+            progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
+            if self._stop_signal is not None:
+                progress.close()
+                path = self.save_checkpoint()
+                raise TrainingInterrupted(self._stop_signal, path)
+            if self.settings.save_checkpoints_steps > 0 and self.global_step % self.settings.save_checkpoints_steps == 0:
+                self.save_checkpoint()
+        progress.close()
+
+    def _optimizer_step(self, task_id: int) -> float:
+        """Forward/backward over the accumulation steps of one task, then one update."""
+        task = self.tasks[task_id]
+        accumulation = self.settings.gradient_accumulation_steps
+        total_loss = 0.0
+        for micro_step in range(accumulation):
+            indices = self.streams[task_id].next_indices()
+            local = indices[self.ctx.rank::self.ctx.world_size]  # this rank's share of the batch
+            batch = glue.collate_features([task.train[i] for i in local], pad_to=self.pad_to,
+                                          regression=task.spec.is_regression)
+            sync = micro_step == accumulation - 1
+            with self._maybe_no_sync(sync):
+                with autocast_context(self.ctx.device, self.settings.bf16, self.settings.fp16):
+                    loss, _ = self.wrapped(batch["input_ids"].to(self.ctx.device),
+                                           batch["segment_ids"].to(self.ctx.device),
+                                           batch["input_mask"].to(self.ctx.device), task_id,
+                                           task.name, batch["label_ids"].to(self.ctx.device))
+                if self.ctx.n_gpu > 1 and not self.ctx.distributed:
+                    loss = loss.mean()  # DataParallel returns one loss per GPU
+                loss = loss / accumulation
+                if not torch.isfinite(loss):
+                    return self._handle_nonfinite_loss(task)
+                self._backward(loss)
+            total_loss += loss.item()
+        self._apply_update()
+        self.epoch_losses[task.name][0] += total_loss
+        self.epoch_losses[task.name][1] += 1
+        return total_loss
+
+    def _maybe_no_sync(self, sync: bool):
+        if self.ctx.distributed and not sync:
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _apply_update(self) -> None:
+        if self.scaler is not None:
+            for optimizer in self.optimizers:
+                self.scaler.unscale_(optimizer)  # BERTAdam clips per tensor: needs true grads
+                self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            for optimizer in self.optimizers:
+                optimizer.step()
+        # In place by default, as PyTorch did in 2019: a task's parameters keep a zero
+        # gradient after their first use, so BERTAdam still moves them (momentum, decay)
+        # on steps that drew another task. ``skip_unsampled_updates`` leaves them alone.
+        self.model.zero_grad(set_to_none=self.settings.skip_unsampled_updates)
+
+    def _handle_nonfinite_loss(self, task: TaskData) -> float:
+        message = (f"non-finite training loss at step {self.global_step + 1} "
+                   f"(epoch {self.epoch}, task {task.name})")
+        if not self.settings.skip_nonfinite_loss:
+            raise NonFiniteLossError(message + "; the best saved model is untouched")
+        logger.warning("%s; skipping this step", message)
+        self.model.zero_grad(set_to_none=self.settings.skip_unsampled_updates)
+        return float("nan")
+
+    def _end_of_epoch(self) -> None:
+        self.evaluate()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if self.ctx.is_main:
+            self._write_reports()
+        self.save_checkpoint(keep_epoch_copy=self.settings.keep_epoch_checkpoints)
+
+    # ---- evaluation -----------------------------------------------------------------
+
+    def evaluate(self) -> Dict[str, Any]:
+        """Evaluate every task's dev split(s) on rank 0; keep the best model."""
+        result: Dict[str, Any] = {}
+        if self.ctx.is_main:
+            result = self._evaluate_all()
+            self._maybe_save_best(result)
+        self.ctx.barrier()
+        if self.settings.replicate_original:
+            # The original called model.eval() here and never model.train() again.
+            self.dropout_disabled = True
+        self.wrapped.train(not self.dropout_disabled)
+        return result
+
+    def _evaluate_all(self) -> Dict[str, Any]:
+        train_losses = {name: self._mean_train_loss(name) for name in self.task_names}
+        result = evaluate_tasks(self.model, self.tasks, self.settings, self.ctx.device, self.epoch,
+                                self.global_step, train_losses)
+        self.history.extend(result["records"])
+        return result
+
+    def _mean_train_loss(self, task_name: str) -> Optional[float]:
+        total, steps = self.epoch_losses[task_name]
+        return total / steps if steps else None
+
+    def _maybe_save_best(self, result: Dict[str, Any]) -> None:
+        score = result["selection_score"]
+        if not score > self.best_score:  # NaN never wins
+            return
+        self.best_score = score
+        checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file,
+                                        self.settings.output_dir)
+        if self.settings.save_adapters:
+            checkpointing.save_adapter_checkpoints(self.model, self.task_names,
+                                                   self.settings.output_dir / checkpointing.ADAPTER_DIR)
+        best = {"epoch": result["epoch"], "global_step": result["global_step"], "glue_average": result["glue_average"],
+                "selection_score": score, "scores": result["scores"],
+                "metrics": {r["task"]: {k: v for k, v in r.items() if k not in ("epoch", "global_step", "task")}
+                            for r in result["records"]}}
+        checkpointing.atomic_write_text(self.settings.output_dir / "eval_results.json",
+                                        json.dumps(best, indent=2, sort_keys=True) + "\n")
+        logger.info("new best model (score %.4f) saved to %s", score, self.settings.output_dir)
+
+    def best_evaluation(self) -> Dict[str, Any]:
+        path = self.settings.output_dir / "eval_results.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    # ---- reports --------------------------------------------------------------------
+
+    def _write_reports(self) -> None:
+        lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in self.history)
+        checkpointing.atomic_write_text(self.settings.output_dir / "metrics.jsonl", lines)
+        if self.settings.plot:
+            plot_training_curves(self.history, self.probability_history, self.task_names,
+                                 self.settings.output_dir / "training_curves.png")
+
+    def _check_ranks_drew_the_same_tasks(self) -> None:
+        digests = self.ctx.gather_objects(self.draw_digest.hexdigest())
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks drew different task sequences: {digests}")
+        if self.ctx.distributed:
+            logger.info("all %d ranks drew the same %d tasks (sha256 %s)", self.ctx.world_size,
+                        self.global_step, digests[0][:16])
+
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "sampler": self.sampler.state_dict(),
+            "streams": [stream.state_dict() for stream in self.streams],
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "best_score": self.best_score,
+            "history": json.dumps(self.history),
+            "probability_history": self.probability_history,
+            "epoch_losses": json.dumps(self.epoch_losses),
+            "dropout_disabled": self.dropout_disabled,
+            "task_names": list(self.task_names),
+        }
+
+    def save_checkpoint(self, keep_epoch_copy: bool = False) -> Path:
+        """All ranks contribute their RNG state; rank 0 writes (atomically)."""
+        rng_states = self.ctx.gather_objects(checkpointing.capture_rng_state())
+        path = checkpointing.training_checkpoint_path(self.settings.output_dir)
+        if self.ctx.is_main:
+            state = self.state_dict()
+            state["rng"] = rng_states
+            checkpointing.save_training_checkpoint(state, self.settings.output_dir,
+                                                   keep_epoch_copy=self.epoch if keep_epoch_copy else None)
+        self.ctx.barrier()
+        return path
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if list(state["task_names"]) != self.task_names:
+            raise UsageError(f"the checkpoint was trained on tasks {state['task_names']}, "
+                             f"not {self.task_names}")
+        self.model.load_state_dict(state["model"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            optimizer.load_state_dict(saved)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        for stream, saved in zip(self.streams, state["streams"]):
+            stream.load_state_dict(saved)
+        self.global_step = int(state["global_step"])
+        self.epoch = int(state["epoch"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.best_score = float(state["best_score"])
+        self.history = json.loads(state["history"])
+        self.probability_history = [list(p) for p in state["probability_history"]]
+        self.epoch_losses = json.loads(state["epoch_losses"])
+        self.dropout_disabled = bool(state["dropout_disabled"])
+        self.wrapped.train(not self.dropout_disabled)
+        rng_states = state["rng"]
+        checkpointing.restore_rng_state(rng_states[min(self.ctx.rank, len(rng_states) - 1)])
+        logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
+                    self.step_in_epoch, self.settings.steps_per_epoch)
+
+    # ---- signals --------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> Dict[int, Any]:
+        """SIGINT/SIGTERM: finish the current step, save a resumable checkpoint, stop."""
+        previous = {}
+
+        def request_stop(signum, _frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt  # a second signal: stop now
+            self._stop_signal = signum
+            logger.warning("signal %d: saving a checkpoint after this step", signum)
+
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, request_stop)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return previous
+
+
+# --------------------------------------------------------------------------------------
+# Test-set prediction
+# --------------------------------------------------------------------------------------
+
+def predict_test_sets(model: BertForMultiTask, task_names: Sequence[str], data_dir, tokenizer,
+                      max_seq_length: int, batch_size: int, device: torch.device, folder: Path,
+                      bf16: bool = False, fp16: bool = False) -> List[Path]:
+    """GLUE submission files (one TSV per task; MNLI-m, MNLI-mm and AX from the MNLI head)."""
+    written = []
+    model = model.to(device)
+    for task_id, name in enumerate(task_names):
+        spec = glue.TASKS[name]
+        for split, submission_key in glue.TEST_SPLITS[name]:
+            if split == "diagnostic" and not (Path(data_dir) / "diagnostic" / "diagnostic.tsv").is_file():
+                logger.info("no diagnostic set under %s: AX.tsv not written", data_dir)
+                continue
+            examples = glue.read_examples(data_dir, name, split)
+            features = glue.convert_examples_to_features(examples, name, tokenizer, max_seq_length)
+            preds = predict_features(model, features, task_id, batch_size, device, spec.is_regression,
+                                     bf16, fp16, desc=f"predict {submission_key}")
+            path = folder / glue.SUBMISSION_FILE_NAMES[submission_key]
+            glue.write_submission(path, submission_key, [e.guid for e in examples], preds)
+            written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------------------
+# Plot
+# --------------------------------------------------------------------------------------
+
+def plot_training_curves(history: Sequence[Dict[str, Any]], probabilities: Sequence[Sequence[float]],
+                         task_names: Sequence[str], path: Path) -> None:
+    """Dev score per task per epoch (left) and sampling probabilities per epoch (right)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for key in dict.fromkeys(r["task"] for r in history):
+        points = [(r["epoch"], r["score"]) for r in history if r["task"] == key]
+        left.plot([e for e, _ in points], [s for _, s in points], marker="o", label=key)
+    left.set(title="dev score per task", xlabel="epoch", ylabel="score (0-1)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    probs = np.asarray(probabilities)
+    if probs.size:
+        for index, name in enumerate(task_names):
+            right.plot(range(len(probs)), probs[:, index], marker=".", label=name)
+    right.set(title="task sampling probability", xlabel="epoch", ylabel="probability")
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8)
+    figure.tight_layout()
+    with checkpointing.atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
