@@ -231,7 +231,10 @@ def run(args: argparse.Namespace) -> int:
     check_batch_split(args, ctx)
     training.set_seed(args.seed)
 
-    task_names = glue.resolve_task_names(args.tasks, args.task_id)
+    try:
+        task_names = glue.resolve_task_names(args.tasks, args.task_id)
+    except ValueError as err:
+        raise UsageError(f"--tasks {args.tasks}: {err}") from None
     config = load_config(args, len(task_names))
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
     logger.info("tasks: %s; device %s; %d process(es)", ", ".join(task_names), ctx.device, ctx.world_size)

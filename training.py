@@ -264,18 +264,25 @@ def _decay_groups(named_params):
 
 
 def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_total: int,
-                     split_attention: bool) -> List[BERTAdam]:
+                     split_attention: bool, update_unsampled: bool = True) -> List[BERTAdam]:
     """BERTAdam over decay / no-decay groups; with ``split_attention`` (the original's
-    ``--optim`` other than 'normal') the PAL attention gets its own BERTAdam at 3e-4."""
+    ``--optim`` other than 'normal') the PAL attention gets its own BERTAdam at 3e-4.
+
+    ``update_unsampled`` reproduces the original's in-place ``zero_grad()``: once a
+    task's parameters have been used, BERTAdam keeps updating them (momentum, weight
+    decay) on steps that drew another task. It follows from the optimizer state, so a
+    resumed run behaves exactly like an uninterrupted one.
+    """
     named = list(model.named_parameters())
+    options = dict(warmup=warmup, t_total=t_total, zero_grad_updates=update_unsampled)
     if not split_attention:
-        return [BERTAdam(_decay_groups(named), lr=learning_rate, warmup=warmup, t_total=t_total)]
+        return [BERTAdam(_decay_groups(named), lr=learning_rate, **options)]
     attention = [(n, p) for n, p in named if "attn" in n]
     rest = [(n, p) for n, p in named if "attn" not in n]
     if not attention:
         raise UsageError("--optim splits off the PAL attention parameters, but this config has none")
-    return [BERTAdam(_decay_groups(rest), lr=learning_rate, warmup=warmup, t_total=t_total),
-            BERTAdam(_decay_groups(attention), lr=SPLIT_OPTIMIZER_LR, warmup=warmup, t_total=t_total)]
+    return [BERTAdam(_decay_groups(rest), lr=learning_rate, **options),
+            BERTAdam(_decay_groups(attention), lr=SPLIT_OPTIMIZER_LR, **options)]
 
 
 def unwrap(model: nn.Module) -> BertForMultiTask:
@@ -402,7 +409,8 @@ class Trainer:
         self.wrapped = self._wrap(self.model)
         self.t_total = settings.steps_per_epoch * settings.num_train_epochs
         self.optimizers = build_optimizers(self.model, settings.learning_rate, settings.warmup_proportion,
-                                           self.t_total, settings.split_attention_optimizer)
+                                           self.t_total, settings.split_attention_optimizer,
+                                           update_unsampled=not settings.skip_unsampled_updates)
         self.scaler = torch.amp.GradScaler("cuda") if settings.fp16 else None
         self.sampler = glue.TaskSampler(self.task_sizes(), settings.sample, settings.num_train_epochs, settings.seed)
         micro_batch = settings.train_batch_size // settings.gradient_accumulation_steps
@@ -466,23 +474,36 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         steps = self.settings.steps_per_epoch
-        progress = tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                        disable=not self.ctx.is_main, dynamic_ncols=True)
-        while self.step_in_epoch < steps:
-            task_id = self.sampler.next_task()
-            self.draw_digest.update(bytes([task_id % 256]))
-            loss = self._optimizer_step(task_id)
-            self.step_in_epoch += 1
-            self.global_step += 1
-            progress.update(1)
-            progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
-            if self._stop_signal is not None:
-                progress.close()
-                path = self.save_checkpoint()
-                raise TrainingInterrupted(self._stop_signal, path)
-            if self.settings.save_checkpoints_steps > 0 and self.global_step % self.settings.save_checkpoints_steps == 0:
-                self.save_checkpoint()
-        progress.close()
+        with tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
+                  disable=not self.ctx.is_main, dynamic_ncols=True) as progress:
+            while self.step_in_epoch < steps:
+                task_id = self.sampler.next_task()
+                self.draw_digest.update(bytes([task_id % 256]))
+                loss = self._optimizer_step(task_id)
+                self.step_in_epoch += 1
+                self.global_step += 1
+                progress.update(1)
+                progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
+                self._checkpoint_if_due()
+
+    def _checkpoint_if_due(self) -> None:
+        """A periodic checkpoint, or a final one when a stop signal arrived."""
+        stop_signal = self._agreed_stop_signal()
+        if stop_signal:
+            path = self.save_checkpoint()
+            raise TrainingInterrupted(stop_signal, path)
+        every = self.settings.save_checkpoints_steps
+        if every > 0 and self.global_step % every == 0:
+            self.save_checkpoint()
+
+    def _agreed_stop_signal(self) -> int:
+        """The stop signal, agreed by all ranks so that they save at the same step."""
+        local = self._stop_signal or 0
+        if not self.ctx.distributed:
+            return local
+        flag = torch.tensor([local], dtype=torch.int64, device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
 
     def _optimizer_step(self, task_id: int) -> float:
         """Forward/backward over the accumulation steps of one task, then one update."""
@@ -533,10 +554,8 @@ class Trainer:
         else:
             for optimizer in self.optimizers:
                 optimizer.step()
-        # In place by default, as PyTorch did in 2019: a task's parameters keep a zero
-        # gradient after their first use, so BERTAdam still moves them (momentum, decay)
-        # on steps that drew another task. ``skip_unsampled_updates`` leaves them alone.
-        self.model.zero_grad(set_to_none=self.settings.skip_unsampled_updates)
+        # Unsampled tasks' parameters: see build_optimizers(update_unsampled=...).
+        self.model.zero_grad(set_to_none=True)
 
     def _handle_nonfinite_loss(self, task: TaskData) -> float:
         message = (f"non-finite training loss at step {self.global_step + 1} "
@@ -544,7 +563,7 @@ class Trainer:
         if not self.settings.skip_nonfinite_loss:
             raise NonFiniteLossError(message + "; the best saved model is untouched")
         logger.warning("%s; skipping this step", message)
-        self.model.zero_grad(set_to_none=self.settings.skip_unsampled_updates)
+        self.model.zero_grad(set_to_none=True)
         return float("nan")
 
     def _end_of_epoch(self) -> None:
@@ -735,17 +754,22 @@ def plot_training_curves(history: Sequence[Dict[str, Any]], probabilities: Seque
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colours = {name: plt.cm.tab10(index % 10) for index, name in enumerate(task_names)}
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for key in dict.fromkeys(r["task"] for r in history):
         points = [(r["epoch"], r["score"]) for r in history if r["task"] == key]
-        left.plot([e for e, _ in points], [s for _, s in points], marker="o", label=key)
+        task = "mnli" if key == "mnli-mm" else key  # MNLI mismatched: dashed, MNLI's colour
+        left.plot([e for e, _ in points], [s for _, s in points], marker="o", label=key,
+                  color=colours.get(task), linestyle="--" if key == "mnli-mm" else "-")
     left.set(title="dev score per task", xlabel="epoch", ylabel="score (0-1)")
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
     probs = np.asarray(probabilities)
     if probs.size:
         for index, name in enumerate(task_names):
-            right.plot(range(len(probs)), probs[:, index], marker=".", label=name)
+            right.plot(range(len(probs)), probs[:, index], marker=".", label=name, color=colours[name])
+    for axis in (left, right):
+        axis.xaxis.get_major_locator().set_params(integer=True)
     right.set(title="task sampling probability", xlabel="epoch", ylabel="probability")
     right.grid(alpha=0.3)
     right.legend(fontsize=8)
