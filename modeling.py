@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -882,6 +883,20 @@ def is_task_specific(key: str) -> bool:
     if not bare.startswith(_BERT_SUBMODULES):
         return True  # classifier, qa_outputs ...
     return any(marker in bare for marker in TASK_SPECIFIC_MARKERS)
+
+
+_TASK_INDEX = re.compile(r"(?:multi_layers|multi_lhuc|mult_aug_dense2?|mult_dense2?|classifier)\.(\d+)")
+
+
+def task_of_key(key: str) -> Optional[int]:
+    """The task a state-dict key belongs to, or None for shared BERT weights.
+
+    Every task-specific module sits in a per-task ModuleList (``multi_layers``,
+    ``multi_lhuc``, ``mult_aug_dense(2)``, ``mult_dense(2)``, ``classifier``); the
+    index right after that name is the task.
+    """
+    match = _TASK_INDEX.search(key)
+    return int(match.group(1)) if match else None
 
 
 def load_pretrained_weights(model: nn.Module, path: Union[str, os.PathLike],

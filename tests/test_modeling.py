@@ -288,8 +288,10 @@ def _randomise_lhuc(model):
 
 def _task_index_of(key):
     """The task a parameter belongs to, from its name; None for shared parameters."""
-    match = re.search(r"(?:multi_layers|multi_lhuc|mult_aug_dense2?|mult_dense2?|classifier)\.(\d+)", key)
-    return int(match.group(1)) if match else None
+    task = modeling.task_of_key(key)
+    if task is None:
+        assert not modeling.is_task_specific(key), key
+    return task
 
 
 def test_pal_projections_are_tied_across_layers_per_task():
