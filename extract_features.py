@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 import tokenization
 from modeling import (BertConfig, BertModel, CheckpointError, ConfigError, load_pretrained_weights,
-                      read_state_dict)
+                      read_state_dict, task_of_key)
 
 logger = logging.getLogger("extract_features")
 
@@ -54,8 +54,6 @@ PAIR_PATTERN = re.compile(r"^(.*) \|\|\| (.*)$")
 CHUNK_BATCHES = 64  # length-grouping window: at most this many batches ...
 WINDOW_VALUES = 2 ** 26  # ... and at most this many buffered float32 values (256 MiB)
 DECIMALS = 6
-# Per-task ModuleLists of the model and heads; the index after the name is the task.
-_TASK_INDEX = re.compile(r"(?:multi_layers|multi_lhuc|mult_aug_dense2?|mult_dense2?|classifier)\.(\d+)\.")
 _TASK_MODULE_FLAGS = ("mult", "houlsby", "top", "lhuc")
 
 
@@ -241,7 +239,7 @@ def infer_num_tasks(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
     Config files such as pals_config.json leave num_tasks at 1; the training script
     sets it from the task list, so the checkpoint is the place to read it from.
     """
-    tasks = [int(m.group(1)) for m in map(_TASK_INDEX.search, state_dict) if m]
+    tasks = [task for task in map(task_of_key, state_dict) if task is not None]
     return max(tasks) + 1 if tasks else None
 
 
