@@ -1,17 +1,25 @@
 """Files a training run writes and reads: atomic writes, the self-contained best model,
-resumable training checkpoints and per-task adapter checkpoints.
+resumable training checkpoints and per-task adapter checkpoints; and the error and
+signal handling the three command-line scripts share.
 
-Every file is written to a temporary name in the same folder and then renamed, so a
-crash never leaves a half-written file behind. Nothing is ever unpickled with code
-execution: torch files are read with ``weights_only=True``.
+Every file is written to a temporary name in the same folder (``.<name>.<random>.tmp``),
+flushed to disk and then renamed, so a crash never leaves a half-written file under
+the real name. A process killed outright (SIGKILL, power loss) can leave its temporary
+file behind; ``remove_partial_files`` clears those when the next run starts. Nothing
+is ever unpickled with code execution: torch files are read with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
+import signal
+import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
@@ -24,6 +32,11 @@ import modeling
 from modeling import BertConfig, BertForMultiTask, CheckpointError
 
 PathLike = Union[str, os.PathLike]
+
+
+class UsageError(ValueError):
+    """A command line the script cannot run (one-line message)."""
+
 
 BEST_MODEL_FILE = "best_model.pth"  # the original's name
 CONFIG_FILE = "config.json"
@@ -39,21 +52,118 @@ SHARED_BERT_FILE = "shared_bert.safetensors"
 # Atomic writes
 # --------------------------------------------------------------------------------------
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
 @contextmanager
 def atomic_path(path: PathLike):
-    """Yield a temporary path beside ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path beside ``path``; on success flush it to disk and rename it
+    onto ``path``. On any exception (or a signal turned into one) the temporary file is
+    removed and ``path`` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(handle)
     os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; use normal permissions
     try:
         yield Path(temporary)
+        _fsync_file(temporary)  # the data is on disk before the name points at it
         os.replace(temporary, path)
+        _fsync_directory(path.parent)  # ... and the rename itself survives a power loss
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _fsync_file(path: PathLike) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(folder: PathLike) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+# mkstemp's names: the prefix, 8 characters from [a-z0-9_], the suffix.
+_PARTIAL_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}" + re.escape(TEMPORARY_SUFFIX) + "$")
+
+
+def is_partial_file(path: PathLike) -> bool:
+    """A temporary file of ``atomic_path`` (``.<name>.<8 random characters>.tmp``)."""
+    return bool(_PARTIAL_NAME.match(Path(path).name))
+
+
+def remove_partial_files(*folders: PathLike) -> List[Path]:
+    """Delete the temporary files an outright-killed run (SIGKILL, power loss) left in
+    ``folders`` (not their sub-folders).
+
+    Only names of the ``atomic_path`` pattern are touched. Call it only while holding
+    the output folder's ``OutputDirLock``, so no live run's temporary file is removed.
+    """
+    removed = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in sorted(Path(folder).glob(f".*{TEMPORARY_SUFFIX}")):
+            if path.is_file() and is_partial_file(path):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
+class OutputDirLock:
+    """An exclusive lock on an output folder, so two runs never write the same files.
+
+    ``flock`` on ``<folder>/.lock``: released by the kernel when the process ends,
+    however it ends (a SIGKILL leaves no stale lock).
+    """
+
+    FILE_NAME = ".lock"
+
+    def __init__(self, folder: PathLike):
+        self.path = Path(folder) / self.FILE_NAME
+        self._handle = None
+
+    def acquire(self) -> "OutputDirLock":
+        import fcntl
+        handle = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(f"{self.path.parent}: another run is using this output folder "
+                                 f"(pid {holder}); wait for it or choose another --output_dir") from None
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor releases the flock
+            self._handle = None
+
+    def __enter__(self) -> "OutputDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
 
 def _current_umask() -> int:
@@ -80,13 +190,112 @@ def atomic_copy(source: PathLike, path: PathLike) -> None:
 def safe_torch_load(path: PathLike) -> Any:
     """``torch.load`` that refuses anything but plain tensors and containers."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then refuses anyway
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused or unreadable checkpoint (only plain tensors are "
-                              f"loaded, never code): {reason}") from None
+                              f"loaded, never code): {explain_torch_load_error(err)}") from None
+
+
+_BLOCKED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def explain_torch_load_error(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words.
+
+    torch's own message is several paragraphs and suggests retrying with
+    ``weights_only=False``: exactly what must not be done with a file from a stranger.
+    """
+    text = str(err)
+    if "Weights only load failed" in text:
+        blocked = _BLOCKED_GLOBAL.search(text)
+        if blocked:
+            return (f"it holds a Python object ({blocked.group(1)}) that would run code when unpickled; "
+                    f"do not load it with weights_only=False unless you trust its source")
+        detail = next((line.strip() for line in text.splitlines()[1:]
+                       if line.strip() and not line.startswith(("Please file", "Check the documentation"))),
+                      "pickled data beyond plain tensors")
+        return f"it holds pickled data beyond plain tensors ({detail.rstrip('.')})"
+    if isinstance(err, EOFError) or "failed reading zip archive" in text or "file_size" in text:
+        return "the file is empty, truncated or corrupt (not a complete torch file)"
+    first = text.strip().split(". ")[0].splitlines()[0] if text.strip() else type(err).__name__
+    return first
+
+
+# --------------------------------------------------------------------------------------
+# Command-line errors and stop signals, shared by the three scripts
+# --------------------------------------------------------------------------------------
+
+DEBUG_ENVIRONMENT_VARIABLE = "BERT_PALS_DEBUG"
+EXIT_BAD_INPUT = 2
+
+
+def debug_requested(flag: bool = False) -> bool:
+    """``--debug``, or BERT_PALS_DEBUG set to anything but empty, 0, false, no or off."""
+    value = os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower()
+    return bool(flag) or value not in ("", "0", "false", "no", "off")
+
+
+def error_line(err: BaseException) -> str:
+    """The one line a script prints for an expected error."""
+    if isinstance(err, OSError) and err.strerror:
+        names = [n for n in (err.filename, err.filename2) if n is not None]
+        where = " -> ".join(os.fsdecode(n) for n in names)
+        text = f"{where}: {err.strerror}" if where else err.strerror
+    else:
+        text = str(err).strip() or type(err).__name__
+    return "error: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def report_error(err: BaseException) -> int:
+    print(error_line(err), file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+class StopRequested(BaseException):
+    """SIGTERM (or SIGINT) outside the training loop: unwind, removing temporary files.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` blocks do not
+    swallow it; ``atomic_path`` removes its temporary file on the way out.
+    """
+
+    def __init__(self, signal_number: int):
+        super().__init__(f"stopped by signal {signal_number}")
+        self.signal_number = signal_number
+
+
+@contextmanager
+def stop_signals_raise():
+    """Turn SIGINT and SIGTERM into ``StopRequested`` for the duration of the block.
+
+    Without it, SIGTERM would end the process on the spot and leave temporary files;
+    with it, the stack unwinds and every ``atomic_path`` cleans up after itself. The
+    training loop installs its own handlers (checkpoint, then stop) inside this block.
+    """
+    def stop(signum, _frame):
+        raise StopRequested(signum)
+
+    previous = {}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def report_stop(err: BaseException) -> int:
+    """Exit status 128 + signal number, as a shell reports a process ended by a signal."""
+    signum = getattr(err, "signal_number", signal.SIGINT)
+    print(f"stopped: signal {signum}; no partial files were left behind", file=sys.stderr)
+    return 128 + int(signum)
 
 
 # --------------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -43,6 +42,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+import checkpointing
 from modeling import BertConfig, BertModel, CheckpointError, ConfigError
 
 logger = logging.getLogger("convert_tf_checkpoint_to_pytorch")
@@ -332,27 +332,19 @@ def output_format(path: str, requested: Optional[str]) -> str:
 
 
 def save_state_dict(state_dict: Dict[str, torch.Tensor], path: str, fmt: str) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
+    """Write atomically (``checkpointing.atomic_path``: a temporary file in the same
+    folder, flushed to disk, then renamed), so a crash never leaves a partial file."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConversionError(f"{path}: output folder {folder} does not exist")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(handle)
-    try:
-        # mkstemp creates the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
+    if os.path.isdir(path):
+        raise ConversionError(f"{path}: is a folder; --pytorch_dump_path must name a file")
+    with checkpointing.atomic_path(path) as temporary:
         if fmt == "safetensors":
             from safetensors.torch import save_file
-            save_file(state_dict, temporary)
+            save_file(state_dict, str(temporary))
         else:
             torch.save(state_dict, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -375,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep a fine-tuned classifier (output_weights/output_bias) as "
                              "classifier.TASK_ID.* (TASK_ID defaults to 0) and prefix BERT keys "
                              "with 'bert.', giving a BertForMultiTask state dict")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks instead of one-line errors (or set BERT_PALS_DEBUG=1)")
     return parser
 
 
@@ -391,16 +384,24 @@ def run(args: argparse.Namespace) -> ConversionResult:
     return result
 
 
+# Bad input and environment failures: one line on stderr, exit status 2.
+EXPECTED_ERRORS = (ConversionError, ConfigError, CheckpointError, OSError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status: 0 done; 2 bad input (one ``error:`` line; --debug or BERT_PALS_DEBUG=1
+    for the traceback); 128 + signal number after SIGINT/SIGTERM (no partial output)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        run(args)
-    except (ConversionError, ConfigError, CheckpointError) as err:
-        if args.debug:
+        with checkpointing.stop_signals_raise():
+            run(args)
+    except EXPECTED_ERRORS as err:
+        if checkpointing.debug_requested(args.debug):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return checkpointing.report_error(err)
+    except (checkpointing.StopRequested, KeyboardInterrupt) as stop:
+        return checkpointing.report_stop(stop)
     return 0
 
 

@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
 
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpointing
 import tokenization
 from modeling import (BertConfig, BertModel, CheckpointError, ConfigError, load_pretrained_weights,
                       read_state_dict, task_of_key)
@@ -439,22 +439,16 @@ class OrderedLineWriter:
 
 @contextlib.contextmanager
 def atomic_text_output(path: str) -> Iterator[TextIO]:
-    """A text stream whose content replaces ``path`` only when the block succeeds."""
+    """A text stream whose content replaces ``path`` only when the block succeeds
+    (``checkpointing.atomic_path``: temporary file, flushed to disk, then renamed)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"{path}: output folder {folder} does not exist")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)  # mkstemp makes the file 0600; use the mode open() would give
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a folder; --output_file must name a file")
+    with checkpointing.atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
             yield stream
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -509,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
     parser.add_argument("--local_rank", type=int, default=-1,
                         help="GPU of this process when launched per rank (the input is not sharded)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks instead of one-line errors (or set BERT_PALS_DEBUG=1)")
     return parser
 
 
@@ -528,7 +523,14 @@ def run(args: argparse.Namespace) -> int:
     check_arguments(args, config.max_position_embeddings)
     layer_indexes = parse_layers(args.layers, config.num_hidden_layers)
     num_examples = count_examples(args.input_file)  # fails on a bad line before any model work
+    if num_examples == 0:
+        raise InputError(f"{args.input_file}: input file is empty: nothing to extract")
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
+    largest_id = max(tokenizer.vocab.values())
+    if largest_id >= config.vocab_size:
+        raise InputError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
+                         f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
+                         f"belong to this model")
     model, task_id = load_model(config, args.init_checkpoint, args.task_id)
     device = select_device(args.no_cuda, args.local_rank)
     model.to(device)
@@ -544,16 +546,24 @@ def run(args: argparse.Namespace) -> int:
     return written
 
 
+# Bad input and environment failures: one line on stderr, exit status 2.
+EXPECTED_ERRORS = (InputError, ConfigError, CheckpointError, tokenization.VocabError, OSError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status: 0 done; 2 bad input (one ``error:`` line; --debug or BERT_PALS_DEBUG=1
+    for the traceback); 128 + signal number after SIGINT/SIGTERM (no partial output)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
-        run(args)
-    except (InputError, ConfigError, CheckpointError, tokenization.VocabError) as err:
-        if args.debug:
+        with checkpointing.stop_signals_raise():
+            run(args)
+    except EXPECTED_ERRORS as err:
+        if checkpointing.debug_requested(args.debug):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return checkpointing.report_error(err)
+    except (checkpointing.StopRequested, KeyboardInterrupt) as stop:
+        return checkpointing.report_stop(stop)
     return 0
 
 

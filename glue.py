@@ -278,8 +278,11 @@ def _iter_rows(path: Path, layout: _Layout):
             continue
         if layout.drop_other_widths and len(row) != layout.n_fields:
             continue  # the original drops malformed QQP rows without a word
-        if len(row) < layout.n_fields:
-            raise DataError(f"{path}:{index + 1}: expected {layout.n_fields} fields, got {len(row)}")
+        if len(row) != layout.n_fields:
+            # Too many fields is an error too: with a tab inside a sentence the label
+            # column would silently come from the wrong field (the original took it).
+            raise DataError(f"{path}:{index + 1}: expected {layout.n_fields} fields, "
+                            f"got {len(row)}")
         yield index + 1, row
 
 
@@ -739,6 +742,8 @@ def _write_atomically(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the name points at it
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -1266,9 +1271,7 @@ _DEMO_MAKERS = {"cola": _demo_cola, "mrpc": _demo_mrpc, "mnli": _demo_mnli, "rte
 
 
 def _write_tsv(path: Path, rows: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write("".join("\t".join(row) + "\n" for row in rows))
+    _write_atomically(path, "".join("\t".join(row) + "\n" for row in rows))
 
 
 def write_demo_glue(out_dir, seed: int = 0, scale: float = 1.0) -> dict[str, int]:

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--skip_nonfinite_loss", action="store_true",
                        help="skip a step whose loss is NaN/inf instead of stopping")
     added.add_argument("--no_plot", action="store_true")
-    added.add_argument("--debug", action="store_true", help="show tracebacks")
+    added.add_argument("--debug", action="store_true",
+                       help="show tracebacks instead of one-line errors (or set BERT_PALS_DEBUG=1)")
     return parser
 
 
@@ -144,14 +145,26 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--data_dir {args.data_dir}: no such folder")
     if args.init_checkpoint and not os.path.exists(args.init_checkpoint):
         raise UsageError(f"--init_checkpoint {args.init_checkpoint}: not found")
+    if args.predict_checkpoint and not os.path.exists(args.predict_checkpoint):
+        raise UsageError(f"--predict_checkpoint {args.predict_checkpoint}: not found")
+
+
+# The folders of --output_dir this script writes files in.
+RUN_FOLDERS = (".", checkpointing.TRAINING_CHECKPOINT_DIR, checkpointing.ADAPTER_DIR, "submission")
+# What a run that failed on bad input leaves behind: not results, so not "busy".
+NOT_RESULTS = ("train.log", checkpointing.OutputDirLock.FILE_NAME)
 
 
 def check_output_dir(args: argparse.Namespace) -> Path:
-    """An empty (or new) folder, unless resuming or asked to overwrite."""
+    """An empty (or new) folder, unless resuming or asked to overwrite.
+
+    A folder holding only the log (and lock) of a run that stopped on bad input counts
+    as empty, so the corrected command runs without --overwrite_output_dir.
+    """
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise UsageError(f"--output_dir {output_dir} exists and is not a folder")
-    busy = output_dir.is_dir() and any(output_dir.iterdir())
+    busy = output_dir.is_dir() and any(path.name not in NOT_RESULTS for path in output_dir.iterdir())
     training_run = args.do_train or args.do_eval
     if busy and training_run and not (args.resume or args.overwrite_output_dir):
         raise UsageError(f"--output_dir {output_dir} is not empty: use --overwrite_output_dir, "
@@ -173,6 +186,14 @@ def load_config(args: argparse.Namespace, num_tasks: int) -> BertConfig:
         raise UsageError(f"--max_seq_length {args.max_seq_length} exceeds max_position_embeddings "
                          f"({config.max_position_embeddings}) of {args.bert_config_file}")
     return config
+
+
+def check_vocab_fits(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file, config_file) -> None:
+    """Every token id must index the embedding table (else an IndexError mid-training)."""
+    largest = max(tokenizer.vocab.values())
+    if largest >= config.vocab_size:
+        raise ConfigError(f"{vocab_file} has token ids up to {largest}, but vocab_size in {config_file} is "
+                          f"{config.vocab_size}: the vocabulary does not belong to this model")
 
 
 # --------------------------------------------------------------------------------------
@@ -225,9 +246,29 @@ def build_model_for_run(args, config: BertConfig, task_names: List[str]):
 def run(args: argparse.Namespace) -> int:
     validate_args(args)
     ctx = training.setup_distributed(args.local_rank, args.no_cuda)
-    output_dir = check_output_dir(args) if ctx.is_main else Path(args.output_dir)
+    lock = None
+    if ctx.is_main:
+        output_dir = check_output_dir(args)
+        lock = checkpointing.OutputDirLock(output_dir).acquire()
+    else:
+        output_dir = Path(args.output_dir)
+    try:
+        return _run_locked(args, ctx, output_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, output_dir: Path) -> int:
+    leftovers: List[Path] = []
+    if ctx.is_main:
+        # A run killed outright (SIGKILL, power loss) cannot remove its temporary files.
+        leftovers = checkpointing.remove_partial_files(*(output_dir / sub for sub in RUN_FOLDERS))
     ctx.barrier()
     setup_logging(output_dir, ctx.is_main)
+    if ctx.is_main and leftovers:
+        logger.warning("removed %d partial file(s) left by an interrupted run (e.g. %s)", len(leftovers),
+                       leftovers[0].relative_to(output_dir))
     check_batch_split(args, ctx)
     training.set_seed(args.seed)
 
@@ -237,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--tasks {args.tasks}: {err}") from None
     config = load_config(args, len(task_names))
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
+    check_vocab_fits(tokenizer, config, args.vocab_file, args.bert_config_file)
     logger.info("tasks: %s; device %s; %d process(es)", ", ".join(task_names), ctx.device, ctx.world_size)
 
     if args.do_train or args.do_eval:
@@ -248,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
         if args.do_train:
             trainer = training.Trainer(model, tasks, settings, ctx)
             if args.resume:
-                trainer.load_state_dict(checkpointing.load_training_checkpoint(output_dir))
+                trainer.load_state_dict(checkpointing.load_training_checkpoint(output_dir),
+                                        source=checkpointing.training_checkpoint_path(output_dir))
             trainer.train()
         else:
             evaluate_only(model, tasks, settings, ctx)
@@ -285,22 +328,29 @@ def predict(args, output_dir: Path, task_names: List[str], tokenizer, ctx) -> No
     logger.info("wrote %d submission files to %s", len(written), output_dir / "submission")
 
 
+# Bad input and environment failures (a full disk, a folder without write permission):
+# one line on stderr, exit status 2. Anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (UsageError, ConfigError, CheckpointError, glue.DataError, tokenization.VocabError,
-                   training.NonFiniteLossError)
+                   training.NonFiniteLossError, OSError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Exit status: 0 done; 2 bad input (one ``error:`` line; --debug or BERT_PALS_DEBUG=1
+    for the traceback); 128 + signal number when SIGINT/SIGTERM stopped the run (during
+    training after saving a resumable checkpoint)."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with checkpointing.stop_signals_raise():
+            return run(args)
     except EXPECTED_ERRORS as err:
-        if args.debug or os.environ.get("BERT_PALS_DEBUG"):
+        if checkpointing.debug_requested(args.debug):
             raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return checkpointing.report_error(err)
     except training.TrainingInterrupted as stop:
         print(f"stopped: {stop}", file=sys.stderr)
         return 128 + stop.signal_number
+    except (checkpointing.StopRequested, KeyboardInterrupt) as stop:
+        return checkpointing.report_stop(stop)
 
 
 if __name__ == "__main__":

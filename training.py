@@ -51,8 +51,30 @@ NO_DECAY_MARKERS = ("bias", "gamma", "beta")
 FREEZE_KEEP_MARKERS = ("aug", "classifier", "mult", "gamma", "beta")
 
 
-class UsageError(ValueError):
-    """A command line the script cannot run (one-line message)."""
+UsageError = checkpointing.UsageError  # a command line the script cannot run (one-line message)
+
+# Fault injection for tests: with BERT_PALS_INJECT_NAN_STEP=N the training loss of
+# global step N (1-based) is replaced by NaN just before the non-finite check, so the
+# real detection path (error, or skip with --skip_nonfinite_loss) runs at a step the
+# test chooses. An input crafted to give NaN cannot target a step (batches are
+# reshuffled per pass and tasks are sampled), and a huge learning rate blows up at
+# some step nobody controls. Read once, in Trainer.__init__; unset, it costs one
+# integer comparison per step, and a set value is logged as a warning.
+INJECT_NAN_ENVIRONMENT_VARIABLE = "BERT_PALS_INJECT_NAN_STEP"
+
+# Settings a resumed run must share with the checkpoint, or it would silently end
+# somewhere an uninterrupted run would not (flag name for the message -> attribute).
+RESUME_INVARIANT_SETTINGS = {
+    "--train_batch_size": "train_batch_size", "--gradient_accumulation_steps": "gradient_accumulation_steps",
+    "--num_train_epochs": "num_train_epochs", "--steps_per_epoch": "steps_per_epoch",
+    "--learning_rate": "learning_rate", "--warmup_proportion": "warmup_proportion", "--sample": "sample",
+    "--seed": "seed", "--max_seq_length": "max_seq_length", "--optim": "split_attention_optimizer",
+    "--replicate_original": "replicate_original", "--original_sizes": "use_original_sizes",
+    "--skip_unsampled_updates": "skip_unsampled_updates",
+}
+TRAINING_STATE_KEYS = ("model", "optimizers", "sampler", "streams", "global_step", "epoch", "step_in_epoch",
+                       "best_score", "history", "probability_history", "epoch_losses", "dropout_disabled",
+                       "task_names", "rng")
 
 
 class TrainingInterrupted(Exception):
@@ -64,7 +86,16 @@ class TrainingInterrupted(Exception):
 
 
 class NonFiniteLossError(ValueError):
-    """The training loss became NaN or infinite."""
+    """The training loss (or the model's parameters) became NaN or infinite."""
+
+
+def first_non_finite_parameter(model: nn.Module) -> Optional[str]:
+    """The name of the first parameter holding NaN or inf, or None if all are finite."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return name
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -427,6 +458,22 @@ class Trainer:
         self.epoch_losses = self._empty_losses()
         self._stop_signal: Optional[int] = None
         self.dropout_disabled = False  # the original's eval() that was never undone
+        self.last_checkpoint_step: Optional[int] = None
+        self.nonfinite_steps_skipped = 0
+        self._inject_nan_at_step = self._read_fault_injection()
+
+    @staticmethod
+    def _read_fault_injection() -> Optional[int]:
+        value = os.environ.get(INJECT_NAN_ENVIRONMENT_VARIABLE, "").strip()
+        if not value:
+            return None
+        try:
+            step = int(value)
+        except ValueError:
+            raise UsageError(f"{INJECT_NAN_ENVIRONMENT_VARIABLE}={value!r}: expected a step number") from None
+        logger.warning("fault injection: the training loss of step %d will be NaN (%s is set)", step,
+                       INJECT_NAN_ENVIRONMENT_VARIABLE)
+        return step
 
     # ---- setup ----------------------------------------------------------------------
 
@@ -525,14 +572,41 @@ class Trainer:
                 if self.ctx.n_gpu > 1 and not self.ctx.distributed:
                     loss = loss.mean()  # DataParallel returns one loss per GPU
                 loss = loss / accumulation
-                if not torch.isfinite(loss):
+                if self._inject_nan_at_step == self.global_step + 1:
+                    loss = loss * float("nan")
+                if not self._all_ranks_finite(loss):
                     return self._handle_nonfinite_loss(task)
                 self._backward(loss)
             total_loss += loss.item()
+        if self.settings.skip_nonfinite_loss and self.scaler is None and not self._gradients_finite():
+            return self._handle_nonfinite_loss(task, what="gradient")
         self._apply_update()
         self.epoch_losses[task.name][0] += total_loss
         self.epoch_losses[task.name][1] += 1
         return total_loss
+
+    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank.
+
+        All ranks must agree: a rank that stopped or skipped while the others went on
+        into backward would leave them waiting for it forever.
+        """
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if not self.ctx.distributed:
+            return finite
+        flag = torch.tensor([1 if finite else 0], dtype=torch.int64, device=self.ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _gradients_finite(self) -> bool:
+        """With --skip_nonfinite_loss only: a finite loss can still give inf/NaN gradients,
+        which would poison the parameters. (DDP has already averaged the gradients, so
+        every rank sees the same answer.)"""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return True
+        norms = torch._foreach_norm(grads)
+        return bool(torch.isfinite(torch.stack(norms)).all())
 
     def _maybe_no_sync(self, sync: bool):
         if self.ctx.distributed and not sync:
@@ -557,14 +631,33 @@ class Trainer:
         # Unsampled tasks' parameters: see build_optimizers(update_unsampled=...).
         self.model.zero_grad(set_to_none=True)
 
-    def _handle_nonfinite_loss(self, task: TaskData) -> float:
-        message = (f"non-finite training loss at step {self.global_step + 1} "
+    def _handle_nonfinite_loss(self, task: TaskData, what: str = "loss") -> float:
+        """Stop with an error naming the step and task, or (--skip_nonfinite_loss) skip
+        the step. Either way nothing is written: the best model and the last checkpoint
+        stay as they were, and the parameters are untouched (no update was applied)."""
+        message = (f"non-finite training {what} at step {self.global_step + 1} "
                    f"(epoch {self.epoch}, task {task.name})")
-        if not self.settings.skip_nonfinite_loss:
-            raise NonFiniteLossError(message + "; the best saved model is untouched")
-        logger.warning("%s; skipping this step", message)
         self.model.zero_grad(set_to_none=True)
+        if not self.settings.skip_nonfinite_loss:
+            if self.last_checkpoint_step is not None:
+                hint = (f"; the last checkpoint (step {self.last_checkpoint_step}) continues with "
+                        f"--resume, add --skip_nonfinite_loss to skip such steps")
+            else:
+                hint = "; rerun with --skip_nonfinite_loss to skip such steps"
+            kept = "the best saved model is untouched" if self.best_score > -math.inf else "nothing was saved"
+            raise NonFiniteLossError(f"{message}; {kept}{hint}")
+        self.nonfinite_steps_skipped += 1
+        logger.warning("%s; skipping this step (%d skipped so far)", message, self.nonfinite_steps_skipped)
         return float("nan")
+
+    def _refuse_non_finite_parameters(self, about_to: str) -> None:
+        """Never save NaN/inf weights: an all-NaN model predicts class 0 everywhere and
+        could even 'win' an evaluation, and a poisoned checkpoint cannot be resumed."""
+        name = first_non_finite_parameter(self.model)
+        if name is not None:
+            raise NonFiniteLossError(f"parameter '{name}' became non-finite by step {self.global_step} "
+                                     f"(epoch {self.epoch}); not {about_to}: the best saved model and "
+                                     f"the last checkpoint are untouched")
 
     def _end_of_epoch(self) -> None:
         self.evaluate()
@@ -604,6 +697,7 @@ class Trainer:
         score = result["selection_score"]
         if not score > self.best_score:  # NaN never wins
             return
+        self._refuse_non_finite_parameters("saving the best model")
         self.best_score = score
         checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file,
                                         self.settings.output_dir)
@@ -657,10 +751,15 @@ class Trainer:
             "epoch_losses": json.dumps(self.epoch_losses),
             "dropout_disabled": self.dropout_disabled,
             "task_names": list(self.task_names),
+            "settings": self.invariant_settings(),
         }
+
+    def invariant_settings(self) -> Dict[str, Any]:
+        return {flag: getattr(self.settings, name) for flag, name in RESUME_INVARIANT_SETTINGS.items()}
 
     def save_checkpoint(self, keep_epoch_copy: bool = False) -> Path:
         """All ranks contribute their RNG state; rank 0 writes (atomically)."""
+        self._refuse_non_finite_parameters("writing a checkpoint")
         rng_states = self.ctx.gather_objects(checkpointing.capture_rng_state())
         path = checkpointing.training_checkpoint_path(self.settings.output_dir)
         if self.ctx.is_main:
@@ -669,33 +768,78 @@ class Trainer:
             checkpointing.save_training_checkpoint(state, self.settings.output_dir,
                                                    keep_epoch_copy=self.epoch if keep_epoch_copy else None)
         self.ctx.barrier()
+        self.last_checkpoint_step = self.global_step
         return path
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Dict[str, Any], source: Any = "the training checkpoint") -> None:
+        """Continue from a saved state. Anything that does not fit this run (another
+        script's file, other tasks, another architecture, settings that would change
+        the result) is a one-line error naming the checkpoint and the key or flag."""
+        missing = [key for key in TRAINING_STATE_KEYS if key not in state]
+        if missing:
+            raise checkpointing.CheckpointError(f"{source}: not a training checkpoint of this script "
+                                                f"(no '{missing[0]}')")
         if list(state["task_names"]) != self.task_names:
-            raise UsageError(f"the checkpoint was trained on tasks {state['task_names']}, "
-                             f"not {self.task_names}")
-        self.model.load_state_dict(state["model"])
-        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
-            optimizer.load_state_dict(saved)
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        for stream, saved in zip(self.streams, state["streams"]):
-            stream.load_state_dict(saved)
-        self.global_step = int(state["global_step"])
-        self.epoch = int(state["epoch"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.best_score = float(state["best_score"])
-        self.history = json.loads(state["history"])
-        self.probability_history = [list(p) for p in state["probability_history"]]
-        self.epoch_losses = json.loads(state["epoch_losses"])
-        self.dropout_disabled = bool(state["dropout_disabled"])
+            raise UsageError(f"{source} was trained on tasks {list(state['task_names'])}, "
+                             f"not {self.task_names}: resume with the same --tasks")
+        saved_settings = state.get("settings") or {}
+        for flag, mine in self.invariant_settings().items():
+            if flag in saved_settings and saved_settings[flag] != mine:
+                raise UsageError(f"{source} was trained with {flag} {saved_settings[flag]}, this run has "
+                                 f"{mine}: resume with the checkpoint's settings")
+        self._load_model_state(state["model"], source)
+        try:
+            if len(state["optimizers"]) != len(self.optimizers) or len(state["streams"]) != len(self.streams):
+                raise ValueError("it holds a different number of optimizers or task streams")
+            for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+                optimizer.load_state_dict(saved)
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.sampler.load_state_dict(state["sampler"])
+            for stream, saved in zip(self.streams, state["streams"]):
+                stream.load_state_dict(saved)
+            self.global_step = int(state["global_step"])
+            self.epoch = int(state["epoch"])
+            self.step_in_epoch = int(state["step_in_epoch"])
+            self.best_score = float(state["best_score"])
+            self.history = json.loads(state["history"])
+            self.probability_history = [list(p) for p in state["probability_history"]]
+            self.epoch_losses = json.loads(state["epoch_losses"])
+            self.dropout_disabled = bool(state["dropout_disabled"])
+            rng_states = state["rng"]
+            checkpointing.restore_rng_state(rng_states[min(self.ctx.rank, len(rng_states) - 1)])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise checkpointing.CheckpointError(f"{source}: does not fit this run ({reason}); was it "
+                                                f"written with other flags or another config?") from None
+        if not 0 <= self.step_in_epoch <= self.settings.steps_per_epoch:
+            raise UsageError(f"{source} stopped at step {self.step_in_epoch} of an epoch, but "
+                             f"--steps_per_epoch is {self.settings.steps_per_epoch}")
         self.wrapped.train(not self.dropout_disabled)
-        rng_states = state["rng"]
-        checkpointing.restore_rng_state(rng_states[min(self.ctx.rank, len(rng_states) - 1)])
+        self.last_checkpoint_step = self.global_step
         logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
                     self.step_in_epoch, self.settings.steps_per_epoch)
+
+    def _load_model_state(self, saved: Any, source: Any) -> None:
+        """A strict load whose error names the first missing, unexpected or mis-shaped key."""
+        if not isinstance(saved, dict):
+            raise checkpointing.CheckpointError(f"{source}: 'model' is not a state dict")
+        own = self.model.state_dict()
+        missing = [key for key in own if key not in saved]
+        if missing:
+            raise checkpointing.CheckpointError(f"{source}: lacks model tensor '{missing[0]}' "
+                                                f"({len(missing)} missing): another config?")
+        extra = [key for key in saved if key not in own]
+        if extra:
+            raise checkpointing.CheckpointError(f"{source}: has unexpected model tensor '{extra[0]}' "
+                                                f"({len(extra)} unexpected): another config?")
+        for key, tensor in saved.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise checkpointing.CheckpointError(f"{source}: model entry '{key}' is not a tensor")
+            if tuple(tensor.shape) != tuple(own[key].shape):
+                raise checkpointing.CheckpointError(f"{source}: model tensor '{key}' has shape "
+                                                    f"{tuple(tensor.shape)}, this model expects {tuple(own[key].shape)}")
+        self.model.load_state_dict(saved)
 
     # ---- signals --------------------------------------------------------------------
 
@@ -704,8 +848,10 @@ class Trainer:
         previous = {}
 
         def request_stop(signum, _frame):
-            if self._stop_signal is not None:
-                raise KeyboardInterrupt  # a second signal: stop now
+            if self._stop_signal is not None:  # a second signal: stop now, without a checkpoint
+                logger.warning("signal %d again: stopping now; --resume continues from the last checkpoint",
+                               signum)
+                raise checkpointing.StopRequested(signum)
             self._stop_signal = signum
             logger.warning("signal %d: saving a checkpoint after this step", signum)
 
