@@ -23,8 +23,10 @@ match the original code, so state dicts move between the two with a strict load.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -33,6 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -246,6 +249,265 @@ def _check_hf_keys(extra: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Fast paths
+#
+# Each one computes what the plain formula computes (tests/test_fast_paths.py checks
+# them against each other); ``fast_paths(...)`` switches them off, one by one.
+#
+#   fused_qkv     Q, K and V from one GEMM: the [width, width] query/key/value weights are
+#                 concatenated at run time into one [3·width, width] matrix, so the state
+#                 dict keeps its three entries.
+#   fast_dropout  CPU dropout masks from 16-bit random integers (four per 64-bit word of
+#                 a fast generator seeded from torch's; several times cheaper than
+#                 ``bernoulli_``), and attention dropout without SDPA's slow math
+#                 fallback. The drop probability is p rounded to a multiple of 2^-16
+#                 (0.1 -> 0.100006); kept values are scaled by the exact 1 / (1 - that
+#                 probability).
+#   bf16_matmul   what bfloat16 autocast does with matrix products on the CPU. A CPU
+#                 without bf16 dot-product instructions (AVX512_BF16 or AMX; e.g. Ice
+#                 Lake) makes oneDNN emulate bf16 GEMMs at a fraction of the fp32 rate,
+#                 which made bf16 training ~2x slower than fp32. "fp32" runs the linear
+#                 layers and the attention as fp32 GEMMs on the bf16-rounded operands
+#                 instead: a product of two bf16 numbers is exact in fp32, so this is what
+#                 a bf16 GEMM with fp32 accumulation computes, at the fp32 rate, and the
+#                 activations kept for backward stay bf16. "native" leaves it to
+#                 autocast; "auto" (the default) picks "native" exactly when the CPU has
+#                 the instructions. The environment variable BERT_PALS_BF16_MATMUL sets
+#                 the default.
+#
+# ``compile_model`` wraps a model in ``torch.compile`` (optional; eager is the default).
+# --------------------------------------------------------------------------------------
+
+BF16_MATMUL_MODES = ("auto", "native", "fp32")
+
+
+@dataclass
+class FastPathSettings:
+    fused_qkv: bool = True
+    fast_dropout: bool = True
+    bf16_matmul: str = "auto"
+
+
+FAST_PATHS = FastPathSettings(bf16_matmul=os.environ.get("BERT_PALS_BF16_MATMUL", "auto"))
+
+
+@contextlib.contextmanager
+def fast_paths(**settings):
+    """Change fields of ``FAST_PATHS`` inside a ``with`` block (e.g. ``fused_qkv=False``)."""
+    names = {f.name for f in dataclasses.fields(FastPathSettings)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise TypeError(f"unknown fast path setting(s): {', '.join(unknown)}")
+    if settings.get("bf16_matmul", "auto") not in BF16_MATMUL_MODES:
+        raise ValueError(f"bf16_matmul must be one of {BF16_MATMUL_MODES}, got {settings['bf16_matmul']!r}")
+    saved = dataclasses.asdict(FAST_PATHS)
+    for name, value in settings.items():
+        setattr(FAST_PATHS, name, value)
+    try:
+        yield FAST_PATHS
+    finally:
+        for name, value in saved.items():
+            setattr(FAST_PATHS, name, value)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware (x86 flags avx512_bf16 or amx_bf16).
+
+    Read from /proc/cpuinfo; True where that file has no x86 flags line (other systems
+    and architectures are left to the library).
+    """
+    try:
+        with open("/proc/cpuinfo", "r", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return True
+
+
+def bf16_matmul_mode() -> str:
+    """"native" or "fp32": how bf16 autocast runs matrix products on this CPU (see above)."""
+    mode = FAST_PATHS.bf16_matmul
+    if mode == "auto":
+        return "native" if cpu_has_native_bf16() else "fp32"
+    if mode not in BF16_MATMUL_MODES:
+        raise ValueError(f"bf16_matmul must be one of {BF16_MATMUL_MODES}, got {mode!r}")
+    return mode
+
+
+def _bf16_via_fp32(x: torch.Tensor) -> bool:
+    """True inside CPU bf16 autocast when bf16 GEMMs run as fp32 GEMMs (mode "fp32")."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16 and bf16_matmul_mode() == "fp32")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+class _LinearBf16ViaFp32(torch.autograd.Function):
+    """bf16(x·Wᵀ + b) with bf16-rounded x, W, b and an fp32 GEMM (fp32 accumulation).
+
+    Saves the bf16 operands for backward; the gradients come from fp32 GEMMs.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        with torch.autocast("cpu", enabled=False):
+            x16 = x.to(torch.bfloat16)
+            w16 = weight.to(torch.bfloat16)
+            x32 = x16.reshape(-1, x.shape[-1]).float()
+            if bias is None:
+                out = torch.mm(x32, w16.float().t())
+            else:
+                out = torch.addmm(bias.to(torch.bfloat16).float(), x32, w16.float().t())
+            out = out.to(torch.bfloat16)
+        ctx.save_for_backward(x16, w16)
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x16, w16 = ctx.saved_tensors
+        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        grad_x = grad_w = grad_b = None
+        with torch.autocast("cpu", enabled=False):
+            grad = grad_output.reshape(-1, grad_output.shape[-1]).float()  # [B*T, out]
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.mm(grad, w16.float()).view(x16.shape).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                grad_w = torch.mm(grad.t(), x16.reshape(-1, x16.shape[-1]).float()).to(w_dtype)
+            if b_dtype is not None and ctx.needs_input_grad[2]:
+                grad_b = grad.sum(0).to(b_dtype)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear, with the bf16 fast path under CPU bf16 autocast (see ``bf16_matmul``)."""
+    if _bf16_via_fp32(x):
+        return _LinearBf16ViaFp32.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state-dict keys) using ``linear`` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+_DROPOUT_LEVELS = 1 << 16  # masks are drawn as 16-bit integers
+
+
+def _uses_fast_dropout(x: torch.Tensor) -> bool:
+    return FAST_PATHS.fast_dropout and x.device.type == "cpu" and not _compiling()
+
+
+def _random_int16(count: int) -> torch.Tensor:
+    """``count`` independent uniform int16 values (CPU).
+
+    Made by numpy's SFC64 generator, seeded with one 64-bit draw of torch's default
+    generator, so ``torch.manual_seed`` and saved torch RNG states reproduce them. SFC64
+    makes random bits several times faster than torch's serial mt19937, and every 64-bit
+    word gives four int16 values.
+    """
+    seed = int(torch.empty((), dtype=torch.int64).random_(-(1 << 63), None)) & ((1 << 64) - 1)
+    words = np.random.SFC64(seed).random_raw((count + 3) // 4)  # uint64
+    return torch.from_numpy(words.view(np.int16)[:count])
+
+
+def _dropout_mask(x: torch.Tensor, p: float) -> Tuple[torch.Tensor, float]:
+    """A 0/1 mask like ``x``, in its dtype (1 = keep), and the scale 1 / P(keep); 0 < p < 1.
+
+    The mask is made by one comparison straight into ``x``'s dtype and applied by a
+    multiplication: both several times faster than a bool mask with ``where`` (at 4
+    bytes per element in fp32 instead of 1 for the mask kept for backward).
+    """
+    dropped_levels = min(max(round(p * _DROPOUT_LEVELS), 1), _DROPOUT_LEVELS - 1)
+    draws = _random_int16(x.numel()).view(x.shape)
+    mask = torch.empty(x.shape, dtype=x.dtype)
+    torch.ge(draws, dropped_levels - _DROPOUT_LEVELS // 2, out=mask)  # P(1) = 1 - levels / 2^16
+    return mask, _DROPOUT_LEVELS / (_DROPOUT_LEVELS - dropped_levels)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout; on CPU with cheap 16-bit random masks (see ``fast_dropout``)."""
+    if not training or p == 0.0:
+        return x
+    if not _uses_fast_dropout(x):
+        return F.dropout(x, p, True)
+    mask, scale = _dropout_mask(x, p)
+    if x.dtype == torch.float32:
+        return x * mask.mul_(scale)  # the scale folded into the mask: one pass in backward
+    return (x * mask).mul_(scale)  # (bf16/fp16 cannot hold the scale exactly)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` using ``dropout`` above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              mask: Optional[torch.Tensor], dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(Q·Kᵀ/sqrt(d) + mask) · V, dropout on the probabilities: [B, n, T, d].
+
+    ``mask`` is additive, broadcastable to [B, n, T, T] (here [B, 1, 1, T]), or None.
+    Without dropout: SDPA (its fused CPU kernel, forward and backward). With dropout on
+    the CPU: the explicit formula with ``dropout`` (SDPA would take its math fallback,
+    which draws the mask with bernoulli_ and re-checks the mask for infinities).
+    """
+    if _bf16_via_fp32(query):
+        with torch.autocast("cpu", enabled=False):
+            context = attention(query.float(), key.float(), value.float(),
+                                None if mask is None else mask.float(), dropout_p)
+        return context.to(torch.bfloat16)
+    if mask is not None and mask.dtype != query.dtype:
+        mask = mask.to(query.dtype)
+    if dropout_p > 0.0 and _uses_fast_dropout(query):
+        scores = torch.matmul(query * (1.0 / math.sqrt(query.size(-1))), key.transpose(-1, -2))  # [B, n, T, T]
+        if mask is not None:
+            scores.add_(mask)
+        probs = torch.softmax(scores, dim=-1)
+        keep, scale = _dropout_mask(probs, dropout_p)
+        # (keep ⊙ probs · scale) · V, with the scale applied to the smaller [B, n, T, d].
+        return torch.matmul(probs * keep, value).mul_(scale)
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_p)
+
+
+def attention_mask_dtype(reference: torch.Tensor) -> torch.dtype:
+    """The dtype the attention computes in for activations like ``reference``.
+
+    Under autocast the products run in the autocast dtype (fp32 for the bf16 fast path),
+    so the additive mask is built once in that dtype instead of cast in every layer.
+    """
+    device_type = reference.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        if dtype == torch.bfloat16 and _bf16_via_fp32(reference):
+            return torch.float32
+        return dtype
+    return reference.dtype
+
+
+def compile_model(model: nn.Module, **options) -> nn.Module:
+    """``torch.compile(model, dynamic=True, **options)``: the same module, compiled.
+
+    Optional: compilation takes a while (tens of seconds to minutes on a small CPU) and
+    pays off for long runs. ``dynamic=True`` avoids a recompilation for every sequence
+    length that dynamic padding produces. Dropout then uses inductor's fused random
+    numbers. The returned module shares parameters and state-dict keys with ``model``
+    (under an ``_orig_mod.`` prefix: save ``model``, not the compiled wrapper).
+    """
+    options.setdefault("dynamic", True)
+    return torch.compile(model, **options)
+
+
+# --------------------------------------------------------------------------------------
 # Core BERT blocks
 # --------------------------------------------------------------------------------------
 
@@ -264,6 +526,8 @@ class BERTLayerNorm(nn.Module):
         self.variance_epsilon = config.layer_norm_eps if variance_epsilon is None else variance_epsilon
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.gamma.dtype and x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()  # autocast leaves LayerNorm in the input dtype: normalise in fp32
         return F.layer_norm(x, self.gamma.shape, self.gamma, self.beta, self.variance_epsilon)
 
 
@@ -276,7 +540,7 @@ class BERTEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = BERTLayerNorm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         seq_length = input_ids.size(1)
@@ -288,7 +552,7 @@ class BERTEmbeddings(nn.Module):
         # Positions 0..T-1 are the first T rows; slicing avoids building position ids.
         positions = self.position_embeddings.weight[:seq_length]  # [T, H]
         embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        embeddings = embeddings + positions  # [B, T, H]
+        embeddings += positions  # [B, T, H]
         return self.dropout(self.LayerNorm(embeddings))
 
 
@@ -315,27 +579,51 @@ class BERTSelfAttention(nn.Module):
             width = config.hidden_size
         self.attention_head_size = width // self.num_attention_heads
         self.all_head_size = self.num_attention_heads * self.attention_head_size
-        self.query = nn.Linear(width, self.all_head_size)
-        self.key = nn.Linear(width, self.all_head_size)
-        self.value = nn.Linear(width, self.all_head_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.query = Linear(width, self.all_head_size)
+        self.key = Linear(width, self.all_head_size)
+        self.value = Linear(width, self.all_head_size)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
+        self._fused_cache = None  # (parameter stamps, weight, bias) of the fused Q/K/V GEMM
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_length, _ = x.shape
         x = x.view(batch, seq_length, self.num_attention_heads, self.attention_head_size)
         return x.transpose(1, 2)  # [B, n, T, d]
 
+    def _fused_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The [3·n·d, width] weight and [3·n·d] bias of the fused Q/K/V GEMM.
+
+        Concatenated at every call while gradients are recorded (training); without
+        gradients (inference) reused for as long as the parameters are unchanged (same
+        storage, same version counter), so batches do not copy the weights again.
+        """
+        parts = (self.query.weight, self.key.weight, self.value.weight,
+                 self.query.bias, self.key.bias, self.value.bias)
+        if torch.is_grad_enabled() or _compiling():
+            self._fused_cache = None
+            return torch.cat(parts[:3]), torch.cat(parts[3:])
+        stamp = tuple((id(p), p.data_ptr(), p._version, p.dtype, p.device) for p in parts)
+        if self._fused_cache is None or self._fused_cache[0] != stamp:
+            self._fused_cache = (stamp, torch.cat(parts[:3]), torch.cat(parts[3:]))
+        return self._fused_cache[1], self._fused_cache[2]
+
+    def _query_key_value(self, hidden_states: torch.Tensor):
+        """Q, K, V as [B, n, T, d] views; one fused GEMM unless ``fused_qkv`` is off."""
+        if not FAST_PATHS.fused_qkv:
+            return (self._split_heads(self.query(hidden_states)), self._split_heads(self.key(hidden_states)),
+                    self._split_heads(self.value(hidden_states)))
+        weight, bias = self._fused_weights()
+        mixed = linear(hidden_states, weight, bias)  # [B, T, 3·n·d]
+        batch, seq_length, _ = mixed.shape
+        mixed = mixed.view(batch, seq_length, 3, self.num_attention_heads, self.attention_head_size)
+        return mixed.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, n, T, d], no copies
+
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """hidden_states [B, T, width], attention_mask additive [B, 1, 1, T] -> [B, T, n*d]."""
-        query = self._split_heads(self.query(hidden_states))  # [B, n, T, d]
-        key = self._split_heads(self.key(hidden_states))
-        value = self._split_heads(self.value(hidden_states))
-        if attention_mask is not None and attention_mask.dtype != query.dtype:
-            attention_mask = attention_mask.to(query.dtype)  # autocast: SDPA wants one dtype
+        """hidden_states [B, T, width], attention_mask additive [B, 1, 1, T] or None -> [B, T, n*d]."""
+        query, key, value = self._query_key_value(hidden_states)  # [B, n, T, d] each
         dropout_p = self.dropout.p if self.training else 0.0
         # softmax(Q·Kᵀ/sqrt(d) + mask) with dropout on the probabilities, then ·V.
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                 dropout_p=dropout_p)  # [B, n, T, d]
+        context = attention(query, key, value, attention_mask, dropout_p)  # [B, n, T, d]
         batch, _, seq_length, _ = context.shape
         return context.transpose(1, 2).reshape(batch, seq_length, self.all_head_size)  # [B, T, n*d]
 
@@ -346,8 +634,8 @@ class BERTLowRank(nn.Module):
     def __init__(self, config: BertConfig, extra_dim=None):
         super().__init__()
         width = config.low_rank_width  # the original ignores the extra_dim argument too
-        self.aug_dense = nn.Linear(config.hidden_size, width)
-        self.aug_dense2 = nn.Linear(width, config.hidden_size)
+        self.aug_dense = Linear(config.hidden_size, width)
+        self.aug_dense2 = Linear(width, config.hidden_size)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
         return self.aug_dense2(gelu(self.aug_dense(hidden_states)))  # [B, T, H]
@@ -362,9 +650,9 @@ class BERTPals(nn.Module):
 
     def __init__(self, config: BertConfig, extra_dim=None):
         super().__init__()
-        self.aug_dense = nn.Linear(config.hidden_size, config.hidden_size_aug)  # V_E
+        self.aug_dense = Linear(config.hidden_size, config.hidden_size_aug)  # V_E
         self.attn = BERTSelfAttention(config, PAL_HEADS)
-        self.aug_dense2 = nn.Linear(config.hidden_size_aug, config.hidden_size)  # V_D
+        self.aug_dense2 = Linear(config.hidden_size_aug, config.hidden_size)  # V_D
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         projected = self.aug_dense(hidden_states)  # [B, T, A]
@@ -395,9 +683,9 @@ class BERTSelfOutput(nn.Module):
     def __init__(self, config: BertConfig, multi_params=None, houlsby: bool = False):
         super().__init__()
         width = config.hidden_size_aug if multi_params is not None else config.hidden_size
-        self.dense = nn.Linear(width, width)
+        self.dense = Linear(width, width)
         self.LayerNorm = BERTLayerNorm(config, multi_params)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.houlsby = houlsby
         if houlsby:
             # The attention-position adapter is always low-rank (width extra_dim if set).
@@ -428,7 +716,7 @@ class BERTIntermediate(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.dense = Linear(config.hidden_size, config.intermediate_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return gelu(self.dense(hidden_states))
@@ -443,9 +731,9 @@ class BERTOutput(nn.Module):
 
     def __init__(self, config: BertConfig, houlsby: bool = False):
         super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dense = Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = BERTLayerNorm(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.houlsby = houlsby
         if houlsby:
             self.multi_layers = _task_adapters(config, use_pals=config.pals)
@@ -515,9 +803,9 @@ class BERTEncoder(nn.Module):
             self.multi_layers = nn.ModuleList(BERTLayer(config) for _ in tasks)
             return
         self.mult_dense = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
+            Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
         self.mult_dense2 = nn.ModuleList(
-            nn.Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
+            Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
         self.multi_layers = nn.ModuleList(
             nn.ModuleList(BERTAttention(config, TOP_ATTENTION_HEADS) for _ in range(TOP_ATTENTION_BLOCKS))
             for _ in tasks)
@@ -530,9 +818,9 @@ class BERTEncoder(nn.Module):
         """
         tasks = range(config.num_tasks)
         self.mult_aug_dense = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
+            Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
         self.mult_aug_dense2 = nn.ModuleList(
-            nn.Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
+            Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
         for layer in self.layer:
             pals = layer.output.multi_layers if config.houlsby else layer.multi_layers
             for task, pal in enumerate(pals):
@@ -563,7 +851,7 @@ class BERTPooler(nn.Module):
 
     def __init__(self, config: BertConfig):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
     def forward(self, hidden_states: torch.Tensor, i: int = 0) -> torch.Tensor:
@@ -597,8 +885,12 @@ class BertModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embedding_output = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
-        # Built once here and reused by every layer and adapter.
-        mask = extended_attention_mask(attention_mask, embedding_output.dtype)  # [B, 1, 1, T]
+        # Built once here, in the dtype the attention computes in, and reused by every
+        # layer and adapter. A batch without padding needs no mask (adding 0 changes nothing).
+        if not _compiling() and bool(attention_mask.bool().all()):
+            mask = None
+        else:
+            mask = extended_attention_mask(attention_mask, attention_mask_dtype(embedding_output))  # [B, 1, 1, T]
         all_encoder_layers = self.encoder(embedding_output, mask, i)
         pooled_output = self.pooler(all_encoder_layers[-1], i)
         return all_encoder_layers, pooled_output
@@ -663,8 +955,8 @@ class BertForMultiTask(_BertHead):
         if any(n < 1 for n in tasks):
             raise ConfigError(f"every task needs at least one label, got {tasks}")
         self.num_labels = tasks
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.ModuleList(nn.Linear(config.hidden_size, n) for n in tasks)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.ModuleList(Linear(config.hidden_size, n) for n in tasks)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids, attention_mask, task_id, name: str = "cola", labels=None):
@@ -681,8 +973,8 @@ class BertForSequenceClassification(_BertHead):
     def __init__(self, config: BertConfig, num_labels: int):
         super().__init__(config)
         self.num_labels = num_labels
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.classifier = Linear(config.hidden_size, num_labels)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):
@@ -702,7 +994,7 @@ class BertForQuestionAnswering(_BertHead):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = Linear(config.hidden_size, 2)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None,
@@ -729,8 +1021,8 @@ class BertForMultipleChoice(_BertHead):
     def __init__(self, config: BertConfig, num_choices: int = 2):
         super().__init__(config)
         self.num_choices = num_choices
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.classifier = Linear(config.hidden_size, 1)
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None):

