@@ -15,7 +15,6 @@ results:
 import math
 
 import torch
-from torch.nn.utils import clip_grad_norm_
 from torch.optim import Optimizer
 
 
@@ -123,6 +122,28 @@ def _validate_options(options):
         )
 
 
+# PyTorch's fused AdamW kernel (what torch.optim.AdamW(fused=True) calls), if present.
+_FUSED_KERNEL = getattr(torch, "_fused_adamw_", None)
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# b1 ** 2^30 and b2 ** 2^30 are 0 in float64 for any b < 1 - 4e-8: bias corrections of 1.
+_NO_BIAS_CORRECTION_STEP = 2.0 ** 30
+
+
+def _clip_tensor_grad_(grad, max_norm):
+    """``clip_grad_norm_`` on one gradient, in place: the same norm and scale factor.
+
+    ``clip_grad_norm_`` always multiplies by ``min(1, max_norm / (norm + 1e-6))``; a
+    factor of exactly 1 changes nothing, so on the CPU (where reading the norm costs no
+    device synchronisation) that pass over the gradient is skipped.
+    """
+    norm = torch.linalg.vector_norm(torch.linalg.vector_norm(grad).unsqueeze(0))  # as clip_grad_norm_
+    factor = max_norm / (norm + 1e-6)
+    if grad.device.type != "cpu":
+        grad.mul_(torch.clamp(factor, max=1.0))
+    elif factor < 1.0:
+        grad.mul_(factor)
+
+
 class BERTAdam(Optimizer):
     """Adam with BERT's modifications (see the module docstring).
 
@@ -150,6 +171,14 @@ class BERTAdam(Optimizer):
             parameter that already has optimizer state and whose gradient is None is
             updated as if its gradient were zeros. A parameter that never had a
             gradient (unused so far, or frozen) is still skipped.
+        fused: how the update runs. None (default): as one fused kernel per group
+            where PyTorch has one for the parameters (CPU and CUDA, floating point):
+            PyTorch's AdamW kernel, which computes exactly this formula once bias
+            correction is switched off (see ``_fused_update``), in one pass over the
+            parameter, gradient and moments instead of about a dozen. False: op by op,
+            with the original's order of operations and roundings. The two differ only
+            by floating-point rounding (tests/test_optimization.py bounds it). True:
+            fused, and an error where no fused kernel applies.
 
     State per parameter: ``step`` (int), ``next_m`` and ``next_v`` (tensors like the
     parameter), the original's names, so state dicts move between the two.
@@ -168,7 +197,11 @@ class BERTAdam(Optimizer):
         weight_decay_rate=0.01,
         max_grad_norm=1.0,
         zero_grad_updates=False,
+        fused=None,
     ):
+        if fused not in (None, True, False):
+            raise ValueError(f"Invalid fused: {fused!r} - should be None, True or False")
+        self.fused = fused
         defaults = dict(
             lr=lr,
             schedule=schedule,
@@ -250,6 +283,31 @@ class BERTAdam(Optimizer):
             return torch.zeros_like(p)
         return None
 
+    def _initialised_state(self, p):
+        """``p``'s state, created on its first update: step 0 and zero moments."""
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _scratch(self, like, slot):
+        """A reusable buffer shaped like ``like`` (two slots per device and dtype).
+
+        The update's two temporaries (the denominator and the weight-decay term) are
+        written into buffers kept across steps instead of new tensors: a fresh tensor
+        as large as the word embeddings (45 MB at MiniLM size) is new memory that the
+        system must fault in and zero at every step. Not part of the state dict.
+        """
+        buffers = self.__dict__.setdefault("_scratch_buffers", {})
+        key = (like.device, like.dtype, slot)
+        buffer = buffers.get(key)
+        if buffer is None or buffer.numel() < like.numel():
+            buffer = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+            buffers[key] = buffer
+        return buffer[:like.numel()].view(like.shape)
+
     def _update_parameter(self, p, grad, group):
         """Apply one BERTAdam update to ``p`` in place.
 
@@ -259,17 +317,13 @@ class BERTAdam(Optimizer):
                 place on ``p.grad`` as in the original).
             group: the parameter's group options.
         """
-        state = self.state[p]
-        if not state:
-            state["step"] = 0
-            state["next_m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["next_v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state = self._initialised_state(p)
         next_m, next_v = state["next_m"], state["next_v"]
 
         if group["max_grad_norm"] > 0 and p.grad is not None:
             # Per-tensor clipping: this one parameter's gradient, not the global norm.
             # (A substituted zero gradient needs none: its norm is 0.)
-            clip_grad_norm_(p, group["max_grad_norm"])
+            _clip_tensor_grad_(p.grad, group["max_grad_norm"])
 
         b1, b2 = group["b1"], group["b2"]
         next_m.mul_(b1).add_(grad, alpha=1 - b1)
@@ -277,13 +331,13 @@ class BERTAdam(Optimizer):
 
         # No bias correction; epsilon outside the square root. The division writes
         # into the denominator's buffer to avoid a second temporary.
-        denominator = next_v.sqrt().add_(group["e"])
+        denominator = torch.sqrt(next_v, out=self._scratch(p, 0)).add_(group["e"])
         update = torch.div(next_m, denominator, out=denominator)
         if group["weight_decay_rate"] > 0.0:
             # Decoupled weight decay: added to the update, never seen by the moments.
             # The product is rounded before the sum, as in the original (add_ with
             # alpha may fuse the two into one rounding).
-            update.add_(p * group["weight_decay_rate"])
+            update.add_(torch.mul(p, group["weight_decay_rate"], out=self._scratch(p, 1)))
 
         # The schedule uses the step counter before incrementing: the first update of
         # every parameter happens at progress 0.
@@ -307,11 +361,59 @@ class BERTAdam(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            updates = []
             for p in group["params"]:
                 grad = self._gradient_for_update(p, group)
                 if grad is not None:
+                    updates.append((p, grad))
+            if self._runs_fused(updates):
+                self._fused_update(updates, group)
+            else:
+                for p, grad in updates:
                     self._update_parameter(p, grad, group)
         return loss
+
+    def _runs_fused(self, updates):
+        """Whether this group's updates run as fused kernels (see ``fused``)."""
+        if self.fused is False or not updates:
+            return False
+        supported = _FUSED_KERNEL is not None and all(
+            p.device.type in ("cpu", "cuda") and p.dtype in _FUSED_DTYPES and not p.is_sparse
+            for p, _ in updates)
+        if self.fused and not supported:
+            raise RuntimeError("BERTAdam(fused=True): no fused kernel for these parameters "
+                               "(needs torch._fused_adamw_ and float parameters on CPU or CUDA)")
+        return supported
+
+    def _fused_update(self, updates, group):
+        """The BERTAdam update of ``updates`` by PyTorch's fused AdamW kernel.
+
+        That kernel computes, with ``step`` the counter it is given,
+            m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+            p = p (1 - lr wd) - lr / (1 - b1^step) * m / (sqrt(v) / sqrt(1 - b2^step) + e)
+        With a step counter so large that b1^step and b2^step are 0 in float64 (2^30),
+        both bias corrections are exactly 1, and this is BERTAdam's
+            p = p - lr (m / (sqrt(v) + e) + wd p).
+        The per-tensor clipping happens before, as in ``_update_parameter``; the
+        scheduled learning rate is per parameter (its own step counter), so parameters
+        are grouped by counter, one kernel call per counter value (almost always one).
+        """
+        by_step = {}
+        for p, grad in updates:
+            state = self._initialised_state(p)
+            if group["max_grad_norm"] > 0 and p.grad is not None:
+                _clip_tensor_grad_(p.grad, group["max_grad_norm"])
+            by_step.setdefault((state["step"], p.device, p.dtype), []).append((p, grad, state))
+        for (step, device, _), items in by_step.items():
+            no_bias_correction = torch.full((), _NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=device)
+            _FUSED_KERNEL(
+                [p for p, _, _ in items], [grad for _, grad, _ in items],
+                [state["next_m"] for _, _, state in items], [state["next_v"] for _, _, state in items],
+                [], [no_bias_correction] * len(items),
+                lr=self._scheduled_lr(group, step), beta1=group["b1"], beta2=group["b2"],
+                weight_decay=group["weight_decay_rate"], eps=group["e"], amsgrad=False, maximize=False)
+            for _, _, state in items:
+                state["step"] += 1
 
 
 # The name used by later versions of the Hugging Face port.

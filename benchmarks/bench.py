@@ -158,10 +158,11 @@ def measure_matmul_peaks(size: int, repeats: int) -> Dict[str, float]:
     a32 = torch.randn(size, size, generator=gen)
     b32 = torch.randn(size, size, generator=gen)
     a16, b16 = a32.bfloat16(), b32.bfloat16()
+    out32, out16 = torch.empty(size, size), torch.empty(size, size, dtype=torch.bfloat16)
     flops = 2.0 * size ** 3
-    runs = {
-        "fp32": lambda: torch.matmul(a32, b32),
-        "bf16": lambda: torch.matmul(a16, b16),
+    runs = {  # into preallocated outputs: the GEMM's rate, not the allocation's
+        "fp32": lambda: torch.matmul(a32, b32, out=out32),
+        "bf16": lambda: torch.matmul(a16, b16, out=out16),
         # How this port's bf16 path multiplies on a CPU without bf16 instructions.
         "bf16_via_fp32": lambda: torch.matmul(a16.float(), b16.float()).bfloat16(),
     }
@@ -212,11 +213,16 @@ def load_into_hf(hf_model, state: Dict[str, torch.Tensor]) -> None:
                            f"unexpected {unexpected[:3]}")
 
 
-def classifier_pair(size: str):
-    """(ours, theirs): BertForSequenceClassification with identical weights."""
+def classifier_pair(size: str, dropout: bool = True):
+    """(ours, theirs): BertForSequenceClassification with identical weights.
+
+    ``dropout=False`` sets both dropout probabilities to 0 (the matmul-bound step).
+    """
     import transformers
     torch.manual_seed(0)
     config = our_config(size)
+    if not dropout:
+        config = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ours = modeling.BertForSequenceClassification(config, 2)
     if size == "minilm":
         modeling.load_pretrained_weights(ours, minilm_dir())
@@ -339,11 +345,12 @@ def make_step(model, hf: bool, batch, dtype: str, optimizer, task_id: Optional[i
     return step
 
 
-def new_optimizer(model):
+def new_optimizer(model, fused=None):
     """BERTAdam with its state already allocated (as after the first step), so that a
     step's memory and time are those of every later step. The priming update has
-    learning rate 0 and leaves the weights unchanged."""
-    optimizer = BERTAdam(model.parameters(), lr=2e-5)
+    learning rate 0 and leaves the weights unchanged. ``fused=False``: the op-by-op
+    update (what the code did before the fused kernel)."""
+    optimizer = BERTAdam(model.parameters(), lr=2e-5, fused=fused)
     for param in model.parameters():
         param.grad = torch.zeros_like(param)
     optimizer.param_groups[0]["lr"] = 0.0
@@ -357,18 +364,53 @@ def new_optimizer(model):
 class StepResult:
     times: Dict[str, List[float]]
     memory: Dict[str, Optional[int]] = field(default_factory=dict)
+    peak_gflops: Optional[float] = None  # fp32 matmul rate measured between these steps
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
 
 
-def benchmark_steps(steps: Dict[str, Callable[[], None]], repeats: int, memory: bool) -> StepResult:
-    """One untimed step each (profiled for memory), then ``repeats`` alternating timed ones."""
+PEAK_RUN = "matmul"  # the square matmul timed between the steps (see PeakRunner)
+
+
+class PeakRunner:
+    """A square fp32 matmul, timed in the same alternation as the steps it is compared with.
+
+    MFU divides a step's FLOP/s by the matmul rate measured at the same moments, so a
+    slower or faster period of a shared machine moves both alike. Each call multiplies
+    three times into a preallocated output and keeps the fastest (the peak of that
+    moment); ``gflops`` is the median over the timed calls.
+    """
+
+    def __init__(self, size: int):
+        gen = torch.Generator().manual_seed(1)
+        self.size = size
+        self.a, self.b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
+        self.out = torch.empty(size, size)
+        self.best_seconds: List[float] = []
+
+    def __call__(self) -> None:
+        self.best_seconds.append(min(timed(lambda: torch.matmul(self.a, self.b, out=self.out)) for _ in range(3)))
+
+    def gflops(self, skip: int = 1) -> float:
+        return 2.0 * self.size ** 3 / statistics.median(self.best_seconds[skip:]) / 1e9
+
+
+def benchmark_steps(steps: Dict[str, Callable[[], None]], repeats: int, memory: bool,
+                    peak_size: Optional[int] = None) -> StepResult:
+    """One untimed step each (profiled for memory), then ``repeats`` alternating timed
+    ones, with a square matmul of ``peak_size`` in the alternation if given."""
     peaks = {}
     for name, step in steps.items():
         peaks[name] = peak_step_memory(step) if memory else (step() or None)
         gc.collect()
-    return StepResult(alternate(steps, repeats, warmup=0), peaks)
+    runs = dict(steps)
+    peak = PeakRunner(peak_size) if peak_size else None
+    if peak:
+        runs[PEAK_RUN] = peak
+    result = StepResult(alternate(runs, repeats, warmup=1 if peak else 0), peaks)
+    result.peak_gflops = peak.gflops() if peak else None
+    return result
 
 
 PLAIN_PATHS = dict(fused_qkv=False, fast_dropout=False, bf16_matmul="native")
@@ -383,8 +425,8 @@ def with_plain_paths(step: Callable[[], None]) -> Callable[[], None]:
 
 
 def training_comparison(size: str, dtypes: Sequence[str], repeats: int, compiled: bool,
-                        plain: bool) -> Dict[str, StepResult]:
-    ours, theirs = classifier_pair(size)
+                        plain: bool, peak_size: int, dropout: bool = True) -> Dict[str, StepResult]:
+    ours, theirs = classifier_pair(size, dropout)
     batch = fixed_training_batch(ours.config.vocab_size)
     ours.train()
     theirs.train()
@@ -394,14 +436,14 @@ def training_comparison(size: str, dtypes: Sequence[str], repeats: int, compiled
         steps = {"ours": make_step(ours, False, batch, dtype, new_optimizer(ours)),
                  "hf": make_step(theirs, True, batch, dtype, new_optimizer(theirs))}
         if plain:
-            steps["plain"] = with_plain_paths(make_step(twin, False, batch, dtype, new_optimizer(twin)))
+            steps["plain"] = with_plain_paths(make_step(twin, False, batch, dtype, new_optimizer(twin, fused=False)))
         if compiled:
             compiled_twin = copy.deepcopy(ours)
             steps["ours_compiled"] = make_step(modeling.compile_model(compiled_twin), False, batch, dtype,
                                                new_optimizer(compiled_twin))
             steps["ours_compiled"]()  # compile outside the memory profile
-        results[dtype] = benchmark_steps(steps, repeats, memory=True)
-        print(f"  training {size} {dtype}: " + ", ".join(
+        results[dtype] = benchmark_steps(steps, repeats, memory=True, peak_size=peak_size)
+        print(f"  training {size} {dtype}{'' if dropout else ' no dropout'}: " + ", ".join(
             f"{n} {results[dtype].median(n):.3f} s" for n in steps), flush=True)
     return results
 
@@ -610,9 +652,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     others = {}
     meter = OtherLoad()
+    peak_size = 2048 if quick else 4096
     training = {size: training_comparison(size, ["fp32", "bf16"], small_repeats if size == "minilm" else large_repeats,
-                                          args.compile and size == "minilm", plain=size == "minilm")
+                                          args.compile and size == "minilm", plain=size == "minilm",
+                                          peak_size=peak_size)
                 for size in sizes}
+    # The same step without dropout: only the matmul-bound work (minilm, fp32).
+    no_dropout = training_comparison("minilm", ["fp32"], small_repeats, False, plain=False,
+                                     peak_size=peak_size, dropout=False)["fp32"]
     others["training"], meter = meter.cores(), OtherLoad()
     inference = inference_comparison("minilm", ["fp32", "bf16"], 256 if quick else 512, small_repeats, args.compile)
     others["inference"], meter = meter.cores(), OtherLoad()
@@ -647,35 +694,43 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     targets = []
     rows = []
-    for size in sizes:
-        config = our_config(size)
-        flops = training_flops(config, BATCH, SEQ)
-        for dtype in ("fp32", "bf16"):
-            result = training[size][dtype]
-            ours_s, hf_s = result.median("ours"), result.median("hf")
-            peak = peaks["fp32"] if dtype == "fp32" else bf16_peak
-            mfu_ours, mfu_hf = flops / ours_s / 1e9 / peak, flops / hf_s / 1e9 / peak
-            plain_s = f"{result.median('plain'):.3f}" if "plain" in result.times else "-"
-            rows.append([size, dtype, f"{ours_s:.3f}", f"{hf_s:.3f}", f"{ours_s / hf_s:.2f}", plain_s,
-                         f"{flops / ours_s / 1e9:.1f}", f"{mfu_ours:.0%}", f"{mfu_hf:.0%}",
-                         fmt_mb(result.memory.get("ours")), fmt_mb(result.memory.get("hf"))])
-            if "ours_compiled" in result.times:
-                compiled_s = result.median("ours_compiled")
-                rows.append([size, dtype + " compiled", f"{compiled_s:.3f}", f"{hf_s:.3f}", f"{compiled_s / hf_s:.2f}",
-                             "-", f"{flops / compiled_s / 1e9:.1f}", f"{flops / compiled_s / 1e9 / peak:.0%}", "-",
-                             fmt_mb(result.memory.get("ours_compiled")), "-"])
-            limit = 1.0 if dtype == "fp32" else 0.8
-            targets.append((f"training step {size} {dtype}: ours/HF <= {limit}", f"{ours_s / hf_s:.2f}",
-                            ours_s / hf_s <= limit))
-            mfu_target = 0.65 if dtype == "fp32" else 0.50
-            targets.append((f"training MFU {size} {dtype} >= {mfu_target:.0%} of the {dtype} peak", f"{mfu_ours:.0%}",
-                            mfu_ours >= mfu_target))
-    out.append(f"**2. training step**: {BATCH} x {SEQ} padded batch, forward + backward + BERTAdam, dropout 0.1, "
-               "model FLOPs per step / median time; peak memory = most tensor memory allocated during a step "
-               "above what existed before it (activations, gradients, temporaries)")
+    def moment_peak(result: StepResult, dtype: str) -> float:
+        """The matmul peak at the moments of these steps: the fp32 matmul timed in their
+        alternation; for bf16 scaled by section 1's bf16/fp32 ratio."""
+        fp32_peak = result.peak_gflops
+        return fp32_peak if dtype == "fp32" else fp32_peak * bf16_peak / peaks["fp32"]
+
+    variants = [(size, dtype, training[size][dtype], dtype) for size in sizes for dtype in ("fp32", "bf16")]
+    variants.insert(1, ("minilm", "fp32", no_dropout, "fp32, no dropout"))
+    for size, dtype, result, label in variants:
+        flops = training_flops(our_config(size), BATCH, SEQ)
+        ours_s, hf_s = result.median("ours"), result.median("hf")
+        peak = moment_peak(result, dtype)
+        mfu_ours, mfu_hf = flops / ours_s / 1e9 / peak, flops / hf_s / 1e9 / peak
+        plain_s = f"{result.median('plain'):.3f}" if "plain" in result.times else "-"
+        rows.append([size, label, f"{ours_s:.3f}", f"{hf_s:.3f}", f"{ours_s / hf_s:.2f}", plain_s,
+                     f"{flops / ours_s / 1e9:.1f}", f"{peak:.0f}", f"{mfu_ours:.0%}", f"{mfu_hf:.0%}",
+                     fmt_mb(result.memory.get("ours")), fmt_mb(result.memory.get("hf"))])
+        if label.endswith("no dropout"):
+            continue  # reported, not a target: training runs with dropout
+        if "ours_compiled" in result.times:
+            compiled_s = result.median("ours_compiled")
+            rows.append([size, dtype + " compiled", f"{compiled_s:.3f}", f"{hf_s:.3f}", f"{compiled_s / hf_s:.2f}",
+                         "-", f"{flops / compiled_s / 1e9:.1f}", f"{peak:.0f}", f"{flops / compiled_s / 1e9 / peak:.0%}", "-",
+                         fmt_mb(result.memory.get("ours_compiled")), "-"])
+        limit = 1.0 if dtype == "fp32" else 0.8
+        targets.append((f"training step {size} {dtype}: ours/HF <= {limit}", f"{ours_s / hf_s:.2f}",
+                        ours_s / hf_s <= limit))
+        mfu_target = 0.65 if dtype == "fp32" else 0.50
+        targets.append((f"training MFU {size} {dtype} >= {mfu_target:.0%} of the {dtype} peak", f"{mfu_ours:.0%}",
+                        mfu_ours >= mfu_target))
+    out.append(f"**2. training step**: {BATCH} x {SEQ} padded batch, forward + backward + BERTAdam, dropout 0.1 "
+               "unless marked, model FLOPs per step / median time; MFU over the matmul peak measured between "
+               "the same steps (n = {}); peak memory = most tensor memory allocated during a step above what "
+               "existed before it (activations, gradients, temporaries)".format(peak_size))
     out.append("")
     out.append(table(["size", "dtype", "ours s/step", "HF s/step", "ours/HF", "ours, fast paths off", "ours GFLOP/s",
-                      "ours MFU", "HF MFU", "ours peak MiB", "HF peak MiB"], rows))
+                      "peak GFLOP/s", "ours MFU", "HF MFU", "ours peak MiB", "HF peak MiB"], rows))
     out.append("")
 
     rows = []
@@ -731,7 +786,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         payload = {
             "command": command, "load_average": [load_start, load_end], "other_cores": others, "peaks_gflops": peaks,
             "bf16_peak_gflops": bf16_peak,
-            "training": {s: {d: {"times": r.times, "memory": r.memory} for d, r in v.items()} for s, v in training.items()},
+            "training": {s: {d: {"times": r.times, "memory": r.memory, "peak_gflops": r.peak_gflops} for d, r in v.items()} for s, v in training.items()},
+            "training_no_dropout": {"times": no_dropout.times, "memory": no_dropout.memory,
+                                    "peak_gflops": no_dropout.peak_gflops},
             "inference": inference, "epoch": epoch,
             "pals": {s: r.times for s, r in pals.items()},
             "targets": [{"target": t, "measured": m, "met": ok} for t, m, ok in targets],

@@ -390,3 +390,45 @@ def test_fused_weights_are_reused_in_inference_and_follow_weight_changes():
         attention(hidden, None)
     out = attention(hidden, None)  # gradients on: concatenated afresh, cache dropped
     assert out.requires_grad and attention._fused_cache is None
+
+
+# ---------------------------------------------------------------------------------------
+# Inference in place
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [{}, {"mult": True, "pals": True}, {"houlsby": True}])
+def test_inference_in_place_equals_the_plain_inference(flags):
+    """Without gradients the residual is the GEMM's accumulator and GELU runs in place:
+    every layer equals the plain path within 1e-5 (architectures with and without adapters)."""
+    torch.manual_seed(0)
+    model = BertForMultiTask(tiny_config(**flags), [2, 3]).eval()
+    ids, types, mask = padded_batch(model.config.vocab_size, [13, 6, 9])
+    with torch.inference_mode():
+        fast_layers, fast_pooled = model.bert(ids, types, mask, 1)
+        with fast_paths(inference_in_place=False):
+            plain_layers, plain_pooled = model.bert(ids, types, mask, 1)
+    assert max_difference(fast_layers, plain_layers) <= FP32_TOLERANCE
+    assert (fast_pooled - plain_pooled).abs().max().item() <= FP32_TOLERANCE
+
+
+def test_inference_in_place_is_off_with_gradients_or_active_dropout(minilm):
+    """With gradients recorded, or in training mode with dropout, the plain formula runs
+    (nothing that autograd keeps is overwritten): a backward pass works and the eval
+    outputs with gradients equal those without."""
+    ids, types, mask = padded_batch(minilm.config.vocab_size, [11, 7])
+    layers, pooled = minilm(ids, types, mask)  # gradients on
+    pooled.sum().backward()
+    with torch.no_grad():
+        no_grad_layers, _ = minilm(ids, types, mask)
+    real = mask.bool()  # (padded rows carry ~3e-5 of rounding noise in any fp32 order)
+    assert max_difference([a[real] for a in layers], [b[real] for b in no_grad_layers]) <= FP32_TOLERANCE
+    dense = modeling.Linear(8, 8)
+    dropout = modeling.Dropout(0.5).train()
+    x, residual = torch.randn(2, 3, 8), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        torch.manual_seed(0)
+        out = modeling.residual_dense(dense, x, residual, dropout)
+        torch.manual_seed(0)
+        expected = dropout(dense(x)) + residual
+    assert torch.equal(out, expected)
+    minilm.zero_grad(set_to_none=True)

@@ -421,3 +421,100 @@ def test_scheduler_free_training_loop_fits_a_regression():
         losses.append(loss.item())
     assert losses[-1] < 0.01 * losses[0]
     assert model.bias.item() == pytest.approx(-1.0, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------
+# The allocation-free update equals the straightforward one, bit for bit
+# ---------------------------------------------------------------------------------------
+
+
+def test_clipping_equals_clip_grad_norm_bit_for_bit():
+    """The in-place per-tensor clip gives exactly torch's clip_grad_norm_ on that tensor,
+    for gradients far below, near and far above the limit."""
+    from torch.nn.utils import clip_grad_norm_
+
+    generator = torch.Generator().manual_seed(0)
+    for scale in (1e-3, 0.5, 0.999999, 1.0, 1.000001, 2.0, 300.0):
+        for shape in ((7,), (33, 5), (1000, 64)):
+            gradient = torch.randn(shape, generator=generator)
+            gradient *= scale / gradient.norm()
+            parameter = torch.nn.Parameter(torch.zeros(shape))
+            parameter.grad = gradient.clone()
+            clip_grad_norm_(parameter, MAX_NORM)
+            ours = gradient.clone()
+            optimization._clip_tensor_grad_(ours, MAX_NORM)
+            assert torch.equal(ours, parameter.grad), (scale, shape)
+
+
+def straightforward_update(p, grad, state, lr, decay):
+    """One BERTAdam update written with fresh temporaries (the original's code shape)."""
+    grad = grad.clone()
+    norm = torch.linalg.vector_norm(torch.linalg.vector_norm(grad).unsqueeze(0))
+    grad.mul_(torch.clamp(MAX_NORM / (norm + 1e-6), max=1.0))
+    state["m"].mul_(B1).add_(grad, alpha=1 - B1)
+    state["v"].mul_(B2).addcmul_(grad, grad, value=1 - B2)
+    update = state["m"] / (state["v"].sqrt() + EPS)
+    update += p * decay
+    p.sub_(lr * update)
+
+
+def test_update_with_reused_buffers_equals_fresh_temporaries_bit_for_bit():
+    """The op-by-op update (fused=False): parameters of different sizes share the scratch buffers; every update equals the
+    straightforward formula exactly, over several steps with and without clipping."""
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(50, 8), (3,), (400,), (20, 20)]
+    ours = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+    reference = [p.detach().clone() for p in ours]
+    states = [{"m": torch.zeros(s), "v": torch.zeros(s)} for s in shapes]
+    optimizer = BERTAdam(ours, lr=LR, weight_decay_rate=DECAY, max_grad_norm=MAX_NORM, fused=False)
+    for step in range(4):
+        for index, p in enumerate(ours):
+            p.grad = torch.randn(p.shape, generator=generator) * (0.01 if index % 2 else 5.0)
+            straightforward_update(reference[index], p.grad, states[index], LR, DECAY)
+        optimizer.step()
+        for p, want in zip(ours, reference):
+            assert torch.equal(p.detach(), want), step
+
+
+def test_fused_update_equals_op_by_op_update():
+    """The fused kernel (default) against the op-by-op update, fp32, over 6 steps of a
+    warm-up schedule: two groups (decay 0.01 and 0), clipped and unclipped gradients,
+    a parameter that starts later (its own step counter, so its own learning rate) and
+    unsampled steps under zero_grad_updates. Bound: 2e-6 relative to each parameter's
+    largest entry (fp32 rounds every operation at ~6e-8; the two orders round differently)."""
+    generator = torch.Generator().manual_seed(2)
+    shapes = [(64, 16), (16,), (300,), (8, 8)]
+    initial = [torch.randn(s, generator=generator) for s in shapes]
+    gradients = [[torch.randn(s, generator=generator) * (3.0 if i % 2 else 0.02) for s in shapes]
+                 for i in range(6)]
+    results = {}
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in initial]
+        groups = [{"params": params[:2]}, {"params": params[2:], "weight_decay_rate": 0.0}]
+        optimizer = BERTAdam(groups, lr=LR, warmup=WARMUP, t_total=T_TOTAL, weight_decay_rate=DECAY,
+                             zero_grad_updates=True, fused=fused)
+        for step, grads in enumerate(gradients):
+            for index, (p, g) in enumerate(zip(params, grads)):
+                late_start = index == 3 and step < 2
+                unsampled = index == 1 and step == 4
+                p.grad = None if late_start or unsampled else g.clone()
+            optimizer.step()
+        results[fused] = (params, optimizer)
+    for fused_p, plain_p in zip(results[True][0], results[False][0]):
+        scale = plain_p.detach().abs().max().item()
+        assert (fused_p.detach() - plain_p.detach()).abs().max().item() <= 2e-6 * scale
+        fused_state, plain_state = results[True][1].state[fused_p], results[False][1].state[plain_p]
+        assert fused_state["step"] == plain_state["step"]
+        for key in ("next_m", "next_v"):
+            assert torch.allclose(fused_state[key], plain_state[key], rtol=1e-5, atol=1e-9)
+    assert results[True][1].state[results[True][0][3]]["step"] == 4  # started two steps late
+
+
+def test_fused_option_is_checked():
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="fused"):
+        BERTAdam([parameter], lr=0.1, fused="yes")
+    optimizer = BERTAdam([parameter], lr=0.1, fused=True)
+    parameter.grad = torch.ones(2)
+    optimizer.step()
+    assert optimizer.state[parameter]["step"] == 1
