@@ -158,8 +158,9 @@ class BertConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, path: Union[str, os.PathLike]) -> None:
-        with open(path, "w", encoding="utf-8") as writer:
-            writer.write(self.to_json_string())
+        """Write the config atomically (a crash leaves the old file or none, never half)."""
+        from checkpointing import atomic_write_text  # (checkpointing imports this module)
+        atomic_write_text(path, self.to_json_string())
 
     def replace(self, **changes) -> "BertConfig":
         """A validated copy with some fields changed (e.g. ``num_tasks``)."""
