@@ -1,6 +1,6 @@
-"""Files a training run writes and reads: atomic writes, the self-contained best model,
-resumable training checkpoints and per-task adapter checkpoints; and the error and
-signal handling the three command-line scripts share.
+"""Every file the project reads or writes: the one atomic writer, reading state dicts
+safely, loading pretrained weights, the self-contained best model, resumable training
+checkpoints, per-task adapter checkpoints, and one strict state-dict check.
 
 Every file is written to a temporary name in the same folder (``.<name>.<random>.tmp``),
 flushed to disk and then renamed, so a crash never leaves a half-written file under
@@ -10,32 +10,31 @@ is ever unpickled with code execution: torch files are read with ``weights_only=
 """
 from __future__ import annotations
 
-import errno
 import json
+import logging
 import os
 import random
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 import modeling
-from modeling import BertConfig, BertForMultiTask, CheckpointError
+from errors import CheckpointError
+from modeling import BertConfig, BertForMultiTask
 
-PathLike = Union[str, os.PathLike]
+logger = logging.getLogger(__name__)
 
-
-class UsageError(ValueError):
-    """A command line the script cannot run (one-line message)."""
+PathLike = str | os.PathLike
 
 
 BEST_MODEL_FILE = "best_model.pth"  # the original's name
@@ -103,7 +102,7 @@ def is_partial_file(path: PathLike) -> bool:
     return bool(_PARTIAL_NAME.match(Path(path).name))
 
 
-def remove_partial_files(*folders: PathLike) -> List[Path]:
+def remove_partial_files(*folders: PathLike) -> list[Path]:
     """Delete the temporary files an outright-killed run (SIGKILL, power loss) left in
     ``folders`` (not their sub-folders).
 
@@ -119,51 +118,6 @@ def remove_partial_files(*folders: PathLike) -> List[Path]:
                 path.unlink()
                 removed.append(path)
     return removed
-
-
-class OutputDirLock:
-    """An exclusive lock on an output folder, so two runs never write the same files.
-
-    ``flock`` on ``<folder>/.lock``: released by the kernel when the process ends,
-    however it ends (a SIGKILL leaves no stale lock).
-    """
-
-    FILE_NAME = ".lock"
-
-    def __init__(self, folder: PathLike):
-        self.path = Path(folder) / self.FILE_NAME
-        self._handle = None
-
-    def acquire(self) -> "OutputDirLock":
-        import fcntl
-        handle = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise UsageError(f"{self.path.parent}: another run is using this output folder "
-                                 f"(pid {holder}); wait for it or choose another --output_dir") from None
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._handle = handle
-        return self
-
-    def release(self) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the descriptor releases the flock
-            self._handle = None
-
-    def __enter__(self) -> "OutputDirLock":
-        return self.acquire()
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
 
 
 def _current_umask() -> int:
@@ -226,76 +180,200 @@ def explain_torch_load_error(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------
-# Command-line errors and stop signals, shared by the three scripts
+# Reading state dicts and loading pretrained weights
 # --------------------------------------------------------------------------------------
 
-DEBUG_ENVIRONMENT_VARIABLE = "BERT_PALS_DEBUG"
-EXIT_BAD_INPUT = 2
+WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+_IGNORABLE_KEYS = ("embeddings.position_ids",)
 
 
-def debug_requested(flag: bool = False) -> bool:
-    """``--debug``, or BERT_PALS_DEBUG set to anything but empty, 0, false, no or off."""
-    value = os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower()
-    return bool(flag) or value not in ("", "0", "false", "no", "off")
+@dataclass
+class LoadReport:
+    """What a load did: tensors loaded, task-specific ones left at init, ignored extras."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    kept_init: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        line = f"loaded {len(self.loaded)} tensors from {self.source}"
+        if self.kept_init:
+            line += (f"; {len(self.kept_init)} task-specific tensors not in the checkpoint keep "
+                     f"their initialisation ({_group_names(self.kept_init)})")
+        if self.ignored:
+            line += f"; ignored {len(self.ignored)} checkpoint tensors ({_group_names(self.ignored)})"
+        return line
 
 
-def error_line(err: BaseException) -> str:
-    """The one line a script prints for an expected error."""
-    if isinstance(err, OSError) and err.strerror:
-        names = [n for n in (err.filename, err.filename2) if n is not None]
-        where = " -> ".join(os.fsdecode(n) for n in names)
-        text = f"{where}: {err.strerror}" if where else err.strerror
-    else:
-        text = str(err).strip() or type(err).__name__
-    return "error: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
+def _group_names(keys: Sequence[str], limit: int = 4) -> str:
+    """A short description of many keys: their distinct leading parts."""
+    groups = []
+    for key in keys:
+        parts = key.split(".")
+        head = ".".join(p for p in parts[:3] if not p.isdigit())
+        if head not in groups:
+            groups.append(head)
+    shown = ", ".join(groups[:limit])
+    return shown + (", ..." if len(groups) > limit else "")
 
 
-def report_error(err: BaseException) -> int:
-    print(error_line(err), file=sys.stderr)
-    return EXIT_BAD_INPUT
+def resolve_weights_file(path: str | os.PathLike) -> str:
+    """A weights file, or a Hugging Face-style folder holding one."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        for name in WEIGHT_FILE_NAMES:
+            candidate = os.path.join(path, name)
+            if os.path.isfile(candidate):
+                return candidate
+        raise CheckpointError(f"{path}: folder holds none of {', '.join(WEIGHT_FILE_NAMES)}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
 
 
-class StopRequested(BaseException):
-    """SIGTERM (or SIGINT) outside the training loop: unwind, removing temporary files.
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read tensors from a safetensors file or a torch file, without executing code.
 
-    A BaseException, like KeyboardInterrupt, so that ``except Exception`` blocks do not
-    swallow it; ``atomic_path`` removes its temporary file on the way out.
+    ``torch.load`` runs with ``weights_only=True``: a pickle that would run code is
+    refused. A training checkpoint ``{"model": state_dict, ...}`` yields its model part.
     """
+    weights_file = resolve_weights_file(path)
+    if weights_file.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(weights_file, device="cpu")
+        except Exception as err:  # safetensors raises its own error type for bad headers
+            raise CheckpointError(f"{weights_file}: not a readable safetensors file ({err})") from None
+    try:
+        loaded = torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError ...
+        reason = explain_torch_load_error(err)
+        raise CheckpointError(f"{weights_file}: refused or unreadable checkpoint (only plain tensors "
+                              f"are loaded, never code): {reason}") from None
+    return _extract_tensors(loaded, weights_file)
 
-    def __init__(self, signal_number: int):
-        super().__init__(f"stopped by signal {signal_number}")
-        self.signal_number = signal_number
+
+def _extract_tensors(loaded: Any, source: str) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, Mapping):
+        for key in ("model", "state_dict"):
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise CheckpointError(f"{source}: holds no state dict of tensors")
+    for key, value in loaded.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: entry '{key}' is not a tensor")
+    return dict(loaded)
 
 
-@contextmanager
-def stop_signals_raise():
-    """Turn SIGINT and SIGTERM into ``StopRequested`` for the duration of the block.
+def normalize_checkpoint_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map any supported key layout onto this model's names.
 
-    Without it, SIGTERM would end the process on the spot and leave temporary files;
-    with it, the stack unwinds and every ``atomic_path`` cleans up after itself. The
-    training loop installs its own handlers (checkpoint, then stop) inside this block.
+    Handles the ``module.`` prefix of DataParallel checkpoints and Hugging Face's
+    ``LayerNorm.weight``/``LayerNorm.bias`` names. A ``bert.`` prefix is kept (heads
+    live outside ``bert``); see ``_align_bert_prefix``.
     """
-    def stop(signum, _frame):
-        raise StopRequested(signum)
-
-    previous = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, stop)
-    except ValueError:  # not the main thread: leave signals alone
-        pass
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    normalized = {}
+    for key, tensor in state_dict.items():
+        if key.startswith("module."):
+            key = key[len("module."):]
+        if ".LayerNorm." in key or key.startswith("LayerNorm."):
+            key = key.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+        normalized[key] = tensor
+    return normalized
 
 
-def report_stop(err: BaseException) -> int:
-    """Exit status 128 + signal number, as a shell reports a process ended by a signal."""
-    signum = getattr(err, "signal_number", signal.SIGINT)
-    print(f"stopped: signal {signum}; no partial files were left behind", file=sys.stderr)
-    return 128 + int(signum)
+def _align_bert_prefix(state_dict: dict[str, torch.Tensor], model_has_bert_prefix: bool) -> dict[str, torch.Tensor]:
+    """Give BERT keys the prefix the target model uses (``bert.`` for heads, none for BertModel)."""
+    aligned = {}
+    for key, tensor in state_dict.items():
+        bare = key[len("bert."):] if key.startswith("bert.") else key
+        is_bert_key = bare.startswith(modeling.BERT_SUBMODULES)
+        if is_bert_key:
+            key = "bert." + bare if model_has_bert_prefix else bare
+        aligned[key] = tensor
+    return aligned
+
+
+def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
+                            log: logging.Logger | None = None) -> LoadReport:
+    """Load a pretrained checkpoint into ``BertModel`` or any head model.
+
+    Accepts the original converted format (``gamma``/``beta``), a Hugging Face folder
+    (``model.safetensors`` or ``pytorch_model.bin``) or file, with or without ``bert.``
+    or ``module.``, and full multi-task checkpoints of this project.
+
+    Every BERT weight must be present with the right shape (else CheckpointError naming
+    the key). Task-specific tensors the checkpoint lacks keep their initialisation;
+    checkpoint tensors the model has no place for are ignored when they are pre-training
+    or head tensors, and refused otherwise. The summary goes to the log as one line.
+    """
+    source = os.fspath(path)
+    checkpoint = normalize_checkpoint_keys(read_state_dict(path))
+    model_keys = model.state_dict()
+    has_prefix = any(k.startswith("bert.") for k in model_keys)
+    checkpoint = _align_bert_prefix(checkpoint, has_prefix)
+    report = LoadReport(source=source)
+    to_load = {}
+    for key, target in model_keys.items():
+        if key not in checkpoint:
+            if not modeling.is_task_specific(key):
+                raise CheckpointError(f"{source}: missing BERT weight '{key}'")
+            report.kept_init.append(key)
+            continue
+        tensor = checkpoint[key]
+        if tuple(tensor.shape) != tuple(target.shape):
+            raise CheckpointError(f"{source}: '{key}' has shape {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(target.shape)}")
+        to_load[key] = tensor
+        report.loaded.append(key)
+    for key in checkpoint:
+        if key in model_keys:
+            continue
+        bare = key[len("bert."):] if key.startswith("bert.") else key
+        # Pre-training heads, other heads and adapters of another config have no place
+        # here; an unknown BERT weight means the config does not match the checkpoint.
+        if bare in _IGNORABLE_KEYS or modeling.is_task_specific(key):
+            report.ignored.append(key)
+        else:
+            raise CheckpointError(f"{source}: unexpected tensor '{key}' (the model has no such "
+                                  f"weight; does the config match the checkpoint?)")
+    model.load_state_dict(to_load, strict=False)
+    (log or logger).info(report.summary())
+    return report
+
+
+def check_state_dict(saved: Any, expected: Mapping[str, torch.Tensor], source: Any, what: str = "tensor") -> None:
+    """A strict load's checks, with an error naming the first bad key.
+
+    ``saved`` must hold exactly the keys of ``expected``, each a tensor of the same
+    shape. Used by resume (the whole model) and by adapter loading (one task's part).
+    """
+    if not isinstance(saved, Mapping):
+        raise CheckpointError(f"{source}: not a state dict")
+    missing = [key for key in expected if key not in saved]
+    if missing:
+        raise CheckpointError(f"{source}: lacks {what} '{missing[0]}' ({len(missing)} missing): another config?")
+    extra = [key for key in saved if key not in expected]
+    if extra:
+        raise CheckpointError(f"{source}: has unexpected {what} '{extra[0]}' ({len(extra)} unexpected): "
+                              f"another config?")
+    for key, tensor in saved.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{source}: entry '{key}' is not a tensor")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise CheckpointError(f"{source}: {what} '{key}' has shape {tuple(tensor.shape)}, "
+                                  f"the model expects {tuple(expected[key].shape)}")
+
+
+def load_config_for_checkpoint(path: str | os.PathLike) -> BertConfig | None:
+    """The ``config.json`` beside (or inside) a checkpoint, if there is one."""
+    path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    candidate = os.path.join(folder, "config.json")
+    return BertConfig.from_json_file(candidate) if os.path.isfile(candidate) else None
 
 
 # --------------------------------------------------------------------------------------
@@ -314,7 +392,7 @@ def save_model_folder(model: BertForMultiTask, task_names: Sequence[str], vocab_
         atomic_copy(vocab_file, folder / VOCAB_FILE)
 
 
-def read_tasks_file(path: PathLike) -> List[Dict[str, Any]]:
+def read_tasks_file(path: PathLike) -> list[dict[str, Any]]:
     try:
         tasks = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -331,7 +409,7 @@ def read_tasks_file(path: PathLike) -> List[Dict[str, Any]]:
 # Random number generator states (serialisable with weights_only loading)
 # --------------------------------------------------------------------------------------
 
-def capture_rng_state() -> Dict[str, Any]:
+def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy and torch (CPU and CUDA) generator states as plain data."""
     state = {
         "python": _to_plain(random.getstate()),
@@ -363,7 +441,7 @@ def _to_tuple(value):
     return value
 
 
-def numpy_random_state_to_plain(state: tuple) -> Dict[str, Any]:
+def numpy_random_state_to_plain(state: tuple) -> dict[str, Any]:
     """A ``RandomState.get_state()`` tuple as data that ``weights_only`` loading accepts."""
     return {"keys": torch.from_numpy(np.asarray(state[1]).astype(np.int64)), "pos": int(state[2]),
             "has_gauss": int(state[3]), "cached_gaussian": float(state[4])}
@@ -383,7 +461,7 @@ def training_checkpoint_path(output_dir: PathLike) -> Path:
 
 
 def save_training_checkpoint(state: Mapping[str, Any], output_dir: PathLike,
-                             keep_epoch_copy: Optional[int] = None) -> Path:
+                             keep_epoch_copy: int | None = None) -> Path:
     """Write the resumable state atomically; optionally also as ``epoch_<n>.pt``."""
     path = training_checkpoint_path(output_dir)
     atomic_torch_save(dict(state), path)
@@ -392,7 +470,7 @@ def save_training_checkpoint(state: Mapping[str, Any], output_dir: PathLike,
     return path
 
 
-def load_training_checkpoint(output_dir: PathLike) -> Dict[str, Any]:
+def load_training_checkpoint(output_dir: PathLike) -> dict[str, Any]:
     path = training_checkpoint_path(output_dir)
     if not path.is_file():
         raise CheckpointError(f"{path}: no training checkpoint to resume from")
@@ -406,14 +484,14 @@ def load_training_checkpoint(output_dir: PathLike) -> Dict[str, Any]:
 # Adapter checkpoints: one small file per task
 # --------------------------------------------------------------------------------------
 
-def unique_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict with tied aliases collapsed to one key each.
 
     The PAL projections appear once per layer and once under ``encoder.mult_aug_dense``;
     the latter name is kept. Loading that one key fills every alias (same tensor).
     """
-    kept: Dict[str, torch.Tensor] = {}
-    by_storage: Dict[tuple, str] = {}
+    kept: dict[str, torch.Tensor] = {}
+    by_storage: dict[tuple, str] = {}
     for key, tensor in model.state_dict().items():
         identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
         if identity in by_storage:
@@ -428,26 +506,26 @@ def unique_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return kept
 
 
-def _renumber_task(key: str, new_index: Union[int, str]) -> str:
-    match = modeling._TASK_INDEX.search(key)
+def _renumber_task(key: str, new_index: int | str) -> str:
+    match = modeling.TASK_INDEX_PATTERN.search(key)
     start, end = match.span(1)
     return f"{key[:start]}{new_index}{key[end:]}"
 
 
-def task_state_dict(model: BertForMultiTask, task_id: int) -> Dict[str, torch.Tensor]:
+def task_state_dict(model: BertForMultiTask, task_id: int) -> dict[str, torch.Tensor]:
     """The task's own parameters (adapters, LHUC, modules on top, head) under task index 0."""
     return {_renumber_task(key, 0): tensor.detach().contiguous().clone()
             for key, tensor in unique_state_dict(model).items()
             if modeling.task_of_key(key) == task_id}
 
 
-def shared_state_dict(model: BertForMultiTask) -> Dict[str, torch.Tensor]:
+def shared_state_dict(model: BertForMultiTask) -> dict[str, torch.Tensor]:
     """Everything shared by all tasks: the BERT weights without any adapter."""
     return {key: tensor.detach().contiguous().clone() for key, tensor in unique_state_dict(model).items()
             if modeling.task_of_key(key) is None}
 
 
-def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike) -> List[Path]:
+def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike) -> list[Path]:
     """``adapters/<task>.safetensors`` per task plus ``adapters/shared_bert.safetensors``.
 
     Each task file carries its metadata (task name, number of labels, the config), so
@@ -503,25 +581,15 @@ def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[Pat
     task_names = [metadata["task"] for (_, metadata), _ in adapters]
     labels = [int(metadata["num_labels"]) for (_, metadata), _ in adapters]
     model = BertForMultiTask(configs[0].replace(num_tasks=len(adapters)), labels)
-    modeling.load_pretrained_weights(model, shared_bert)
+    load_pretrained_weights(model, shared_bert)
     for task_id, ((tensors, _), path) in enumerate(adapters):
         _load_task_tensors(model, tensors, task_id, path)
     return model, task_names
 
 
 def _load_task_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], task_id: int, path) -> None:
-    expected = {_renumber_task(key, task_id): value for key, value in unique_state_dict(model).items()
-                if modeling.task_of_key(key) == 0}
-    renamed = {_renumber_task(key, task_id): tensor for key, tensor in tensors.items()}
-    missing = sorted(set(expected) - set(renamed))
-    extra = sorted(set(renamed) - set(expected))
-    if missing or extra:
-        key = (missing or extra)[0]
-        what = "lacks" if missing else "has an unexpected"
-        raise CheckpointError(f"{path}: {what} tensor '{_renumber_task(key, 0)}'")
-    own = model.state_dict()
-    for key, tensor in renamed.items():
-        if tuple(tensor.shape) != tuple(own[key].shape):
-            raise CheckpointError(f"{path}: '{_renumber_task(key, 0)}' has shape {tuple(tensor.shape)}, "
-                                  f"the model expects {tuple(own[key].shape)}")
-    model.load_state_dict(renamed, strict=False)
+    """Load one task's adapter file (keys under task index 0) into task ``task_id``."""
+    expected = {_renumber_task(key, 0): value for key, value in unique_state_dict(model).items()
+                if modeling.task_of_key(key) == task_id}
+    check_state_dict(tensors, expected, path)
+    model.load_state_dict({_renumber_task(key, task_id): tensor for key, tensor in tensors.items()}, strict=False)

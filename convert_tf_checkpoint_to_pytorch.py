@@ -9,7 +9,7 @@ The output holds one contiguous float32 tensor per weight of ``BertModel`` under
 project's key names (``embeddings.LayerNorm.gamma``, ``encoder.layer.0.attention.self.
 query.weight`` ...), saved with ``torch.save`` or, for a ``.safetensors`` path (or
 ``--format safetensors``), as safetensors. It loads with
-``modeling.load_pretrained_weights`` and with ``--init_checkpoint`` of
+``checkpointing.load_pretrained_weights`` and with ``--init_checkpoint`` of
 ``run_multi_task.py`` and ``extract_features.py``.
 
 What a Google checkpoint holds besides BERT is skipped and counted in one log line:
@@ -36,14 +36,17 @@ import os
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 import checkpointing
-from modeling import BertConfig, BertModel, CheckpointError, ConfigError
+import cli
+from errors import ConversionError
+from modeling import BertConfig, BertModel
 
 logger = logging.getLogger("convert_tf_checkpoint_to_pytorch")
 
@@ -55,12 +58,6 @@ CLASSIFIER_VARIABLES = {"output_weights": "weight", "output_bias": "bias"}
 _LAYER_COMPONENT = re.compile(r"layer_(\d+)")
 
 
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted (one-line message naming the variable)."""
-
-
-class TensorFlowMissingError(ConversionError):
-    """TensorFlow is not installed."""
 
 
 # --------------------------------------------------------------------------------------
@@ -75,7 +72,7 @@ class MappedName(NamedTuple):
     transpose: bool
 
 
-def skip_reason(tf_name: str, map_classifier: bool) -> Optional[str]:
+def skip_reason(tf_name: str, map_classifier: bool) -> str | None:
     """Why a TF variable is not converted (a summary category), or None to convert it."""
     components = tf_name.split("/")
     if components[-1] in OPTIMIZER_SLOTS:
@@ -89,7 +86,7 @@ def skip_reason(tf_name: str, map_classifier: bool) -> Optional[str]:
     return None
 
 
-def tf_name_to_key(tf_name: str) -> Optional[MappedName]:
+def tf_name_to_key(tf_name: str) -> MappedName | None:
     """Map a Google BERT variable name onto a BertModel state-dict key.
 
     ``bert/`` is dropped; ``layer_N`` becomes ``layer.N``; ``kernel`` becomes a
@@ -101,7 +98,7 @@ def tf_name_to_key(tf_name: str) -> Optional[MappedName]:
     components = tf_name.split("/")
     if len(components) < 2 or components[0] != "bert":
         return None
-    parts: List[str] = []
+    parts: list[str] = []
     transpose = False
     for component in components[1:]:
         layer = _LAYER_COMPONENT.fullmatch(component)
@@ -124,7 +121,7 @@ def key_to_tf_name(key: str) -> str:
         parts = parts[:-1]  # embedding tables are stored without '.weight'
     elif parts[-1] == "weight":
         parts[-1] = "kernel"
-    components: List[str] = []
+    components: list[str] = []
     index = 0
     while index < len(parts):
         if parts[index] == "layer" and index + 1 < len(parts) and parts[index + 1].isdigit():
@@ -177,7 +174,7 @@ def import_tensorflow():
     try:
         import tensorflow as tf
     except ImportError as err:
-        raise TensorFlowMissingError(
+        raise ConversionError(
             f"TensorFlow is needed to read TF checkpoints and is not installed ({err}); "
             f"run: pip install tensorflow-cpu") from None
     return tf
@@ -188,7 +185,7 @@ class TFCheckpoint:
     """The two TF reading functions the converter uses, bound to one checkpoint."""
 
     prefix: str
-    variables: List[Tuple[str, List[int]]]
+    variables: list[tuple[str, list[int]]]
     load: Callable[[str], np.ndarray]
 
 
@@ -221,7 +218,7 @@ def _first_line(err: Exception) -> str:
 
 @dataclass
 class ConversionResult:
-    state_dict: Dict[str, torch.Tensor]
+    state_dict: dict[str, torch.Tensor]
     skipped: Counter
 
     def summary(self, source: str, destination: str) -> str:
@@ -243,7 +240,7 @@ def bert_only_config(config: BertConfig) -> BertConfig:
 
 
 def convert_checkpoint(checkpoint: TFCheckpoint, config: BertConfig,
-                       classifier_task_id: Optional[int] = None) -> ConversionResult:
+                       classifier_task_id: int | None = None) -> ConversionResult:
     """Map, check and copy every TF variable into a state dict of float32 tensors.
 
     The expected keys and shapes come from ``BertModel(config)`` (without adapters).
@@ -253,9 +250,9 @@ def convert_checkpoint(checkpoint: TFCheckpoint, config: BertConfig,
     expected = {key: tuple(t.shape) for key, t in BertModel(bert_only_config(config)).state_dict().items()}
     map_classifier = classifier_task_id is not None
     prefix = "bert." if map_classifier else ""
-    converted: Dict[str, torch.Tensor] = {}
+    converted: dict[str, torch.Tensor] = {}
     skipped: Counter = Counter()
-    classifier: Dict[str, np.ndarray] = {}
+    classifier: dict[str, np.ndarray] = {}
     for tf_name, tf_shape in checkpoint.variables:
         reason = skip_reason(tf_name, map_classifier)
         if reason:
@@ -290,7 +287,7 @@ def convert_checkpoint(checkpoint: TFCheckpoint, config: BertConfig,
     return ConversionResult(ordered, skipped)
 
 
-def _tf_shape(torch_shape: Tuple[int, ...], transpose: bool) -> Tuple[int, ...]:
+def _tf_shape(torch_shape: tuple[int, ...], transpose: bool) -> tuple[int, ...]:
     """A torch shape as the TF variable would store it, so both sides of the message compare."""
     return tuple(reversed(torch_shape)) if transpose else torch_shape
 
@@ -302,7 +299,7 @@ def _as_float32(value, tf_name: str) -> np.ndarray:
     return array.astype(np.float32)  # also turns bfloat16/float16 checkpoints into float32
 
 
-def _classifier_tensors(found: Dict[str, np.ndarray], task_id: int, hidden_size: int) -> Dict[str, torch.Tensor]:
+def _classifier_tensors(found: dict[str, np.ndarray], task_id: int, hidden_size: int) -> dict[str, torch.Tensor]:
     """Check and map output_weights [num_labels, H] and output_bias [num_labels]."""
     for name in CLASSIFIER_VARIABLES:
         if name not in found:
@@ -324,14 +321,14 @@ def _classifier_tensors(found: Dict[str, np.ndarray], task_id: int, hidden_size:
 # --------------------------------------------------------------------------------------
 
 
-def output_format(path: str, requested: Optional[str]) -> str:
+def output_format(path: str, requested: str | None) -> str:
     """The --format given, else from the extension: .safetensors -> safetensors, else torch."""
     if requested:
         return requested
     return "safetensors" if path.endswith(".safetensors") else "torch"
 
 
-def save_state_dict(state_dict: Dict[str, torch.Tensor], path: str, fmt: str) -> None:
+def save_state_dict(state_dict: dict[str, torch.Tensor], path: str, fmt: str) -> None:
     """Write atomically (``checkpointing.atomic_path``: a temporary file in the same
     folder, flushed to disk, then renamed), so a crash never leaves a partial file."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -367,8 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep a fine-tuned classifier (output_weights/output_bias) as "
                              "classifier.TASK_ID.* (TASK_ID defaults to 0) and prefix BERT keys "
                              "with 'bert.', giving a BertForMultiTask state dict")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks instead of one-line errors (or set BERT_PALS_DEBUG=1)")
+    cli.add_debug_flag(parser)
     return parser
 
 
@@ -384,25 +380,11 @@ def run(args: argparse.Namespace) -> ConversionResult:
     return result
 
 
-# Bad input and environment failures: one line on stderr, exit status 2.
-EXPECTED_ERRORS = (ConversionError, ConfigError, CheckpointError, OSError)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Exit status: 0 done; 2 bad input (one ``error:`` line; --debug or BERT_PALS_DEBUG=1
-    for the traceback); 128 + signal number after SIGINT/SIGTERM (no partial output)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status as in cli.py: 0 done, 2 bad input (one ``error:`` line), 128 + N after signal N."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        with checkpointing.stop_signals_raise():
-            run(args)
-    except EXPECTED_ERRORS as err:
-        if checkpointing.debug_requested(args.debug):
-            raise
-        return checkpointing.report_error(err)
-    except (checkpointing.StopRequested, KeyboardInterrupt) as stop:
-        return checkpointing.report_stop(stop)
-    return 0
+    cli.setup_logging()
+    return cli.run_main(run, args)
 
 
 if __name__ == "__main__":

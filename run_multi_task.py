@@ -17,27 +17,24 @@ orchestrates.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import torch
 
 import checkpointing
+import cli
 import glue
 import modeling
+import reports
 import tokenization
 import training
-from modeling import BertConfig, CheckpointError, ConfigError
-from training import UsageError
+from errors import ConfigError, UsageError
+from modeling import BertConfig
 
 logger = logging.getLogger("run_multi_task")
-
-SAMPLING_CHOICES = ("rr", "prop", "sqrt", "anneal", "uniform")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -55,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument("--do_train", action="store_true")
     original.add_argument("--optim", default="normal",
                           help="'normal', or anything else to train PAL attention with its own optimizer at lr 3e-4")
-    original.add_argument("--sample", default="rr", choices=SAMPLING_CHOICES, help="task sampling")
+    original.add_argument("--sample", default="rr", choices=glue.SAMPLING_METHODS, help="task sampling")
     original.add_argument("--do_eval", action="store_true", help="evaluate on dev after every epoch")
     original.add_argument("--train_batch_size", type=int, default=32,
                           help="examples per optimizer step, over all ranks and accumulation steps")
@@ -100,8 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--skip_nonfinite_loss", action="store_true",
                        help="skip a step whose loss is NaN/inf instead of stopping")
     added.add_argument("--no_plot", action="store_true")
-    added.add_argument("--debug", action="store_true",
-                       help="show tracebacks instead of one-line errors (or set BERT_PALS_DEBUG=1)")
+    cli.add_debug_flag(added)
     return parser
 
 
@@ -152,7 +148,7 @@ def validate_args(args: argparse.Namespace) -> None:
 # The folders of --output_dir this script writes files in.
 RUN_FOLDERS = (".", checkpointing.TRAINING_CHECKPOINT_DIR, checkpointing.ADAPTER_DIR, "submission")
 # What a run that failed on bad input leaves behind: not results, so not "busy".
-NOT_RESULTS = ("train.log", checkpointing.OutputDirLock.FILE_NAME)
+NOT_RESULTS = ("train.log", cli.OutputDirLock.FILE_NAME)
 
 
 def check_output_dir(args: argparse.Namespace) -> Path:
@@ -200,24 +196,24 @@ def check_vocab_fits(tokenizer: tokenization.FullTokenizer, config: BertConfig, 
 # Orchestration
 # --------------------------------------------------------------------------------------
 
-def setup_logging(output_dir: Optional[Path], is_main: bool) -> None:
-    handlers: List[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if output_dir is not None and is_main:
-        handlers.append(logging.FileHandler(output_dir / "train.log", encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-
-
 def settings_from_args(args, output_dir: Path, num_tasks: int) -> training.TrainingSettings:
+    """The run's settings as plain values; --replicate_original is turned into them here, once."""
     steps = args.steps_per_epoch or training.ORIGINAL_STEPS_PER_TASK * num_tasks
+    original = args.replicate_original
     return training.TrainingSettings(
         output_dir=output_dir, vocab_file=args.vocab_file, train_batch_size=args.train_batch_size,
-        eval_batch_size=args.eval_batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        eval_batch_size=training.ORIGINAL_EVAL_BATCH_SIZE if original else args.eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         num_train_epochs=int(args.num_train_epochs), steps_per_epoch=steps, learning_rate=args.learning_rate,
         warmup_proportion=args.warmup_proportion, sample=args.sample, seed=args.seed,
-        max_seq_length=args.max_seq_length, split_attention_optimizer=args.optim != "normal",
-        replicate_original=args.replicate_original,
-        use_original_sizes=args.original_sizes or args.replicate_original,
+        max_seq_length=args.max_seq_length,
+        # What the original did differently, each switched on by --replicate_original:
+        pad_to=args.max_seq_length if original else None,
+        replay_first_pass=original,
+        select_by_original_sum=original,
+        dropout_off_after_first_eval=original,
+        use_original_sizes=args.original_sizes or original,
+        split_attention_optimizer=args.optim != "normal",
         skip_unsampled_updates=args.skip_unsampled_updates, save_checkpoints_steps=args.save_checkpoints_steps,
         bf16=args.bf16, fp16=args.fp16, skip_nonfinite_loss=args.skip_nonfinite_loss,
         save_adapters=not args.no_save_adapters, plot=not args.no_plot,
@@ -231,7 +227,7 @@ def check_batch_split(args, ctx: training.DistributedContext) -> None:
                          f"evenly over {ctx.world_size} processes")
 
 
-def build_model_for_run(args, config: BertConfig, task_names: List[str]):
+def build_model_for_run(args, config: BertConfig, task_names: list[str]):
     if args.adapter_checkpoints:
         if not args.init_checkpoint:
             raise UsageError("--adapter_checkpoints needs --init_checkpoint (the shared BERT)")
@@ -249,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
     lock = None
     if ctx.is_main:
         output_dir = check_output_dir(args)
-        lock = checkpointing.OutputDirLock(output_dir).acquire()
+        lock = cli.OutputDirLock(output_dir).acquire()
     else:
         output_dir = Path(args.output_dir)
     try:
@@ -260,12 +256,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, output_dir: Path) -> int:
-    leftovers: List[Path] = []
+    leftovers: list[Path] = []
     if ctx.is_main:
         # A run killed outright (SIGKILL, power loss) cannot remove its temporary files.
         leftovers = checkpointing.remove_partial_files(*(output_dir / sub for sub in RUN_FOLDERS))
     ctx.barrier()
-    setup_logging(output_dir, ctx.is_main)
+    cli.setup_logging(output_dir / "train.log", ctx.is_main)
     if ctx.is_main and leftovers:
         logger.warning("removed %d partial file(s) left by an interrupted run (e.g. %s)", len(leftovers),
                        leftovers[0].relative_to(output_dir))
@@ -306,13 +302,10 @@ def evaluate_only(model, tasks, settings, ctx) -> None:
     if not ctx.is_main:
         return
     result = training.evaluate_tasks(model.to(ctx.device), tasks, settings, ctx.device)
-    report = {key: value for key, value in result.items() if key != "records"}
-    report["metrics"] = {record["task"]: record for record in result["records"]}
-    checkpointing.atomic_write_text(settings.output_dir / "eval_results.json",
-                                    json.dumps(report, indent=2, sort_keys=True) + "\n")
+    reports.write_evaluation_only(settings.output_dir, result)
 
 
-def predict(args, output_dir: Path, task_names: List[str], tokenizer, ctx) -> None:
+def predict(args, output_dir: Path, task_names: list[str], tokenizer, ctx) -> None:
     source = Path(args.predict_checkpoint) if args.predict_checkpoint else output_dir
     folder = source if source.is_dir() else source.parent
     weights = folder / checkpointing.BEST_MODEL_FILE if source.is_dir() else source
@@ -321,36 +314,18 @@ def predict(args, output_dir: Path, task_names: List[str], tokenizer, ctx) -> No
     if saved_tasks != task_names:
         raise UsageError(f"{folder} was trained on tasks {saved_tasks}, but --tasks gives {task_names}")
     model = modeling.BertForMultiTask(config, [glue.TASKS[n].num_labels for n in task_names])
-    modeling.load_pretrained_weights(model, weights, log=logger)
+    checkpointing.load_pretrained_weights(model, weights, log=logger)
     written = training.predict_test_sets(model, task_names, args.data_dir, tokenizer, args.max_seq_length,
                                          args.eval_batch_size, ctx.device, output_dir / "submission",
                                          bf16=args.bf16, fp16=args.fp16)
     logger.info("wrote %d submission files to %s", len(written), output_dir / "submission")
 
 
-# Bad input and environment failures (a full disk, a folder without write permission):
-# one line on stderr, exit status 2. Anything else is a bug and keeps its traceback.
-EXPECTED_ERRORS = (UsageError, ConfigError, CheckpointError, glue.DataError, tokenization.VocabError,
-                   training.NonFiniteLossError, OSError)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """Exit status: 0 done; 2 bad input (one ``error:`` line; --debug or BERT_PALS_DEBUG=1
-    for the traceback); 128 + signal number when SIGINT/SIGTERM stopped the run (during
-    training after saving a resumable checkpoint)."""
-    args = build_parser().parse_args(argv)
-    try:
-        with checkpointing.stop_signals_raise():
-            return run(args)
-    except EXPECTED_ERRORS as err:
-        if checkpointing.debug_requested(args.debug):
-            raise
-        return checkpointing.report_error(err)
-    except training.TrainingInterrupted as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        return 128 + stop.signal_number
-    except (checkpointing.StopRequested, KeyboardInterrupt) as stop:
-        return checkpointing.report_stop(stop)
+def main(argv: list[str] | None = None) -> int:
+    """Exit status as in cli.py: 0 done; 2 bad input (one ``error:`` line); 128 + signal
+    number when SIGINT/SIGTERM stopped the run (during training after saving a resumable
+    checkpoint)."""
+    return cli.run_main(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,11 @@ import io
 import unicodedata
 from pathlib import Path
 
+from errors import VocabError
+
 # Tokens the models need: every sequence is framed by [CLS] ... [SEP], and WordPiece
 # falls back to [UNK].
 REQUIRED_SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[UNK]")
-
-
-class VocabError(ValueError):
-    """A vocabulary file is missing, empty, not UTF-8, or lacks a required token."""
 
 
 class UnknownTokenError(KeyError):

@@ -6,15 +6,14 @@ The pieces, in the order a run uses them:
     DistributedContext    single process, DataParallel, or torch.distributed (DDP)
     build_model           BertForMultiTask, pretrained weights, --freeze
     build_optimizers      the original's BERTAdam groups (and the --optim split)
-    Trainer               the sampling loop: one task per optimizer step, evaluation
-                          after every epoch, best-model selection, resumable checkpoints
-    predict               GLUE submission files from a trained model
+    Trainer               the sampling loop: one task per optimizer step (train_step),
+                          evaluation after every epoch, best-model selection,
+                          resumable checkpoints
+    predict_test_sets     GLUE submission files from a trained model
 
-Faithful-replication mode (``replicate_original``) reproduces the original's
-result-changing behaviour together: dropout off after the first evaluation,
-batches replayed in their first-pass order, padding to max_seq_length, per-batch
-MCC / Pearson with evaluation batch 8, the hard-coded task sizes, and model
-selection by the sum of metrics.
+``TrainingSettings`` holds plain values only: what the original did differently
+(``--replicate_original``) is turned into those values once, by run_multi_task.py, and
+the loop never asks for a mode.
 """
 from __future__ import annotations
 
@@ -26,9 +25,10 @@ import math
 import os
 import random
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 import checkpointing
 import glue
-import modeling
+import reports
+from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
 from modeling import BertConfig, BertForMultiTask
 from optimization import BERTAdam
 
@@ -50,18 +51,6 @@ SPLIT_OPTIMIZER_LR = 3e-4  # the original's hard-coded LR for PAL attention unde
 NO_DECAY_MARKERS = ("bias", "gamma", "beta")
 FREEZE_KEEP_MARKERS = ("aug", "classifier", "mult", "gamma", "beta")
 
-
-UsageError = checkpointing.UsageError  # a command line the script cannot run (one-line message)
-
-# Fault injection for tests: with BERT_PALS_INJECT_NAN_STEP=N the training loss of
-# global step N (1-based) is replaced by NaN just before the non-finite check, so the
-# real detection path (error, or skip with --skip_nonfinite_loss) runs at a step the
-# test chooses. An input crafted to give NaN cannot target a step (batches are
-# reshuffled per pass and tasks are sampled), and a huge learning rate blows up at
-# some step nobody controls. Read once, in Trainer.__init__; unset, it costs one
-# integer comparison per step, and a set value is logged as a warning.
-INJECT_NAN_ENVIRONMENT_VARIABLE = "BERT_PALS_INJECT_NAN_STEP"
-
 # Settings a resumed run must share with the checkpoint, or it would silently end
 # somewhere an uninterrupted run would not (flag name for the message -> attribute).
 RESUME_INVARIANT_SETTINGS = {
@@ -69,33 +58,13 @@ RESUME_INVARIANT_SETTINGS = {
     "--num_train_epochs": "num_train_epochs", "--steps_per_epoch": "steps_per_epoch",
     "--learning_rate": "learning_rate", "--warmup_proportion": "warmup_proportion", "--sample": "sample",
     "--seed": "seed", "--max_seq_length": "max_seq_length", "--optim": "split_attention_optimizer",
-    "--replicate_original": "replicate_original", "--original_sizes": "use_original_sizes",
+    # --replicate_original sets several fields at once; replay_first_pass is true exactly under it.
+    "--replicate_original": "replay_first_pass", "--original_sizes": "use_original_sizes",
     "--skip_unsampled_updates": "skip_unsampled_updates",
 }
 TRAINING_STATE_KEYS = ("model", "optimizers", "sampler", "streams", "global_step", "epoch", "step_in_epoch",
                        "best_score", "history", "probability_history", "epoch_losses", "dropout_disabled",
                        "task_names", "rng")
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM arrived; a resumable checkpoint was saved."""
-
-    def __init__(self, signal_number: int, checkpoint: Path):
-        super().__init__(f"stopped by signal {signal_number}; resume with --resume ({checkpoint})")
-        self.signal_number = signal_number
-
-
-class NonFiniteLossError(ValueError):
-    """The training loss (or the model's parameters) became NaN or infinite."""
-
-
-def first_non_finite_parameter(model: nn.Module) -> Optional[str]:
-    """The name of the first parameter holding NaN or inf, or None if all are finite."""
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if not bool(torch.isfinite(param).all()):
-                return name
-    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -108,21 +77,21 @@ class TaskData:
 
     name: str
     task_id: int
-    train: List[glue.InputFeatures] = field(default_factory=list)
-    dev: Dict[str, List[glue.InputFeatures]] = field(default_factory=dict)
+    train: list[glue.InputFeatures] = field(default_factory=list)
+    dev: dict[str, list[glue.InputFeatures]] = field(default_factory=dict)
 
     @property
     def spec(self) -> glue.TaskSpec:
         return glue.TASKS[self.name]
 
 
-def featurise(data_dir, task: str, split: str, tokenizer, max_seq_length: int) -> List[glue.InputFeatures]:
+def featurise(data_dir, task: str, split: str, tokenizer, max_seq_length: int) -> list[glue.InputFeatures]:
     examples = glue.read_examples(data_dir, task, split)
     return glue.convert_examples_to_features(examples, task, tokenizer, max_seq_length)
 
 
 def load_task_data(data_dir, task_names: Sequence[str], tokenizer, max_seq_length: int,
-                   with_train: bool, with_dev: bool) -> List[TaskData]:
+                   with_train: bool, with_dev: bool) -> list[TaskData]:
     """Read and featurise the train and dev files of every task (eagerly, as the original)."""
     tasks = []
     for task_id, name in enumerate(tqdm(task_names, desc="reading tasks", leave=False)):
@@ -157,8 +126,8 @@ class BatchStream:
         self.task_id = task_id
         self.replay_first_pass = replay_first_pass
         self.batches_drawn = 0
-        self._cached_pass: Optional[int] = None
-        self._cached_order: Optional[np.ndarray] = None
+        self._cached_pass: int | None = None
+        self._cached_order: np.ndarray | None = None
 
     def _pass_order(self, pass_index: int) -> np.ndarray:
         if self._cached_pass != pass_index:
@@ -185,10 +154,10 @@ class BatchStream:
             start += take
         return np.concatenate(chunks)
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"batches_drawn": self.batches_drawn}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         self.batches_drawn = int(state["batches_drawn"])
 
 
@@ -214,12 +183,20 @@ class DistributedContext:
         if self.distributed:
             dist.barrier()
 
-    def gather_objects(self, obj: Any) -> List[Any]:
+    def gather_objects(self, obj: Any) -> list[Any]:
         if not self.distributed:
             return [obj]
-        gathered: List[Any] = [None] * self.world_size
+        gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, obj)
         return gathered
+
+    def all_reduce_int(self, value: int, op: str) -> int:
+        """``value`` reduced over all ranks by "min" or "max" (itself in one process)."""
+        if not self.distributed:
+            return value
+        flag = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+        return int(flag.item())
 
 
 def setup_distributed(local_rank: int, no_cuda: bool) -> DistributedContext:
@@ -262,13 +239,13 @@ def set_seed(seed: int) -> None:
 # Model and optimizers
 # --------------------------------------------------------------------------------------
 
-def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: Optional[str],
+def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: str | None,
                 freeze: bool) -> BertForMultiTask:
     """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init)."""
     config = config.replace(num_tasks=len(task_names))
     model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names])
     if init_checkpoint:
-        modeling.load_pretrained_weights(model, init_checkpoint, log=logger)
+        checkpointing.load_pretrained_weights(model, init_checkpoint, log=logger)
     if freeze:
         freeze_shared_bert(model)
     return model
@@ -295,7 +272,7 @@ def _decay_groups(named_params):
 
 
 def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_total: int,
-                     split_attention: bool, update_unsampled: bool = True) -> List[BERTAdam]:
+                     split_attention: bool, update_unsampled: bool = True) -> list[BERTAdam]:
     """BERTAdam over decay / no-decay groups; with ``split_attention`` (the original's
     ``--optim`` other than 'normal') the PAL attention gets its own BERTAdam at 3e-4.
 
@@ -320,13 +297,27 @@ def unwrap(model: nn.Module) -> BertForMultiTask:
     return model.module if hasattr(model, "module") else model
 
 
+def first_non_finite_parameter(model: nn.Module) -> str | None:
+    """The name of the first parameter holding NaN or inf, or None if all are finite."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if not bool(torch.isfinite(param).all()):
+                return name
+    return None
+
+
+def gradients_finite(model: nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+
 # --------------------------------------------------------------------------------------
 # Evaluation and prediction
 # --------------------------------------------------------------------------------------
 
 def predict_features(model: BertForMultiTask, features: Sequence[glue.InputFeatures], task_id: int,
                      batch_size: int, device: torch.device, regression: bool, bf16: bool = False,
-                     fp16: bool = False, pad_to: Optional[int] = None, desc: str = "") -> np.ndarray:
+                     fp16: bool = False, pad_to: int | None = None, desc: str = "") -> np.ndarray:
     """Predictions in input order: class ids, or floats for regression.
 
     Batches are grouped by length (longest first) so little compute goes to padding;
@@ -358,40 +349,39 @@ def score_key(task: str, split: str) -> str:
     return "mnli-mm" if split == "dev_mismatched" else task
 
 
-def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings: "TrainingSettings",
+def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings: TrainingSettings,
                    device: torch.device, epoch: int = 0, global_step: int = 0,
-                   train_losses: Optional[Dict[str, Optional[float]]] = None) -> Dict[str, Any]:
-    """Score every task's dev split(s); returns scores, the GLUE average and one record
-    per task and split (as written to metrics.jsonl).
+                   train_losses: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """Score every task's dev split(s); returns scores, the GLUE average, the selection
+    score and one record per task and split (as written to metrics.jsonl).
 
-    The selection score is the GLUE average, or in faithful-replication mode the
-    original's sum of per-batch metrics (MNLI matched only).
+    The selection score is the GLUE average, or with ``select_by_original_sum`` the
+    original's sum of per-batch metrics over the matched splits.
     """
-    replicate = settings.replicate_original
-    batch_size = ORIGINAL_EVAL_BATCH_SIZE if replicate else settings.eval_batch_size
-    pad_to = settings.max_seq_length if replicate else None
+    by_original_sum = settings.select_by_original_sum
     scores, records, original_sum = {}, [], 0.0
     for task in tasks:
         for split, features in task.dev.items():
-            preds = predict_features(model, features, task.task_id, batch_size, device, task.spec.is_regression,
-                                     settings.bf16, settings.fp16, pad_to, desc=f"eval {task.name} {split}")
+            preds = predict_features(model, features, task.task_id, settings.eval_batch_size, device,
+                                     task.spec.is_regression, settings.bf16, settings.fp16, settings.pad_to,
+                                     desc=f"eval {task.name} {split}")
             labels = labels_of(features)
             metrics = glue.compute_metrics(task.name, preds, labels)
             key = score_key(task.name, split)
             scores[key] = glue.task_score(task.name, metrics)
             record = {"epoch": epoch, "global_step": global_step, "task": key, "split": split, **metrics,
                       "score": scores[key], "train_loss": (train_losses or {}).get(task.name)}
-            if replicate and split != "dev_mismatched":
+            if by_original_sum and split != "dev_mismatched":
                 record["original_metric"] = glue.original_batch_metric(task.name, preds, labels,
-                                                                       ORIGINAL_EVAL_BATCH_SIZE)
+                                                                       settings.eval_batch_size)
                 original_sum += record["original_metric"]
             records.append(record)
             logger.info("epoch %d %s: %s", epoch, key, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     average = glue.glue_average(scores)
     logger.info("epoch %d: GLUE average %.4f%s", epoch, average,
-                f", original total {original_sum:.4f}" if replicate else "")
+                f", original total {original_sum:.4f}" if by_original_sum else "")
     return {"epoch": epoch, "global_step": global_step, "scores": scores, "glue_average": average,
-            "selection_score": original_sum if replicate else average, "records": records}
+            "selection_score": original_sum if by_original_sum else average, "records": records}
 
 
 # --------------------------------------------------------------------------------------
@@ -400,7 +390,11 @@ def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings:
 
 @dataclass
 class TrainingSettings:
-    """What the training loop needs beyond the model and data (validated by the CLI)."""
+    """What the training loop needs beyond the model and data (validated by the CLI).
+
+    The four fields after ``max_seq_length`` are what ``--replicate_original`` changes;
+    run_multi_task.py sets them once, and nothing else looks at that flag.
+    """
 
     output_dir: Path
     vocab_file: str
@@ -414,9 +408,12 @@ class TrainingSettings:
     sample: str
     seed: int
     max_seq_length: int
+    pad_to: int | None = None  # pad every batch to this length (the original: max_seq_length)
+    replay_first_pass: bool = False  # the original's itertools.cycle over the first pass's batches
+    select_by_original_sum: bool = False  # best model by the sum of per-batch metrics, not the GLUE average
+    dropout_off_after_first_eval: bool = False  # the original's model.eval() that was never undone
+    use_original_sizes: bool = False  # sample by the original's hard-coded task sizes
     split_attention_optimizer: bool = False
-    replicate_original: bool = False
-    use_original_sizes: bool = False
     skip_unsampled_updates: bool = False
     save_checkpoints_steps: int = 1000
     bf16: bool = False
@@ -430,7 +427,7 @@ class TrainingSettings:
 class Trainer:
     """One task per optimizer step, sampled by size or in turn; evaluation per epoch."""
 
-    def __init__(self, model: BertForMultiTask, tasks: List[TaskData], settings: TrainingSettings,
+    def __init__(self, model: BertForMultiTask, tasks: list[TaskData], settings: TrainingSettings,
                  ctx: DistributedContext):
         self.settings = settings
         self.ctx = ctx
@@ -446,36 +443,19 @@ class Trainer:
         self.sampler = glue.TaskSampler(self.task_sizes(), settings.sample, settings.num_train_epochs, settings.seed)
         micro_batch = settings.train_batch_size // settings.gradient_accumulation_steps
         self.streams = [BatchStream(len(t.train), micro_batch, settings.seed, t.task_id,
-                                    replay_first_pass=settings.replicate_original) for t in tasks]
-        self.pad_to = settings.max_seq_length if settings.replicate_original else None
+                                    replay_first_pass=settings.replay_first_pass) for t in tasks]
         self.global_step = 0
         self.epoch = 0
         self.step_in_epoch = 0
         self.best_score = -math.inf
-        self.history: List[Dict[str, Any]] = []  # one record per task, split and evaluation
-        self.probability_history: List[List[float]] = []
+        self.history: list[dict[str, Any]] = []  # one record per task, split and evaluation
+        self.probability_history: list[list[float]] = []
         self.draw_digest = hashlib.sha256()
         self.epoch_losses = self._empty_losses()
-        self._stop_signal: Optional[int] = None
-        self.dropout_disabled = False  # the original's eval() that was never undone
-        self.last_checkpoint_step: Optional[int] = None
+        self.dropout_disabled = False
+        self.last_checkpoint_step: int | None = None
         self.nonfinite_steps_skipped = 0
-        self._inject_nan_at_step = self._read_fault_injection()
-
-    @staticmethod
-    def _read_fault_injection() -> Optional[int]:
-        value = os.environ.get(INJECT_NAN_ENVIRONMENT_VARIABLE, "").strip()
-        if not value:
-            return None
-        try:
-            step = int(value)
-        except ValueError:
-            raise UsageError(f"{INJECT_NAN_ENVIRONMENT_VARIABLE}={value!r}: expected a step number") from None
-        logger.warning("fault injection: the training loss of step %d will be NaN (%s is set)", step,
-                       INJECT_NAN_ENVIRONMENT_VARIABLE)
-        return step
-
-    # ---- setup ----------------------------------------------------------------------
+        self._stop_signal: int | None = None
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.ctx.distributed:
@@ -487,7 +467,7 @@ class Trainer:
             return nn.DataParallel(model)
         return model
 
-    def task_sizes(self) -> List[float]:
+    def task_sizes(self) -> list[float]:
         if self.settings.use_original_sizes:
             unknown = [n for n in self.task_names if n not in glue.ORIGINAL_SIZES]
             if unknown:
@@ -495,143 +475,98 @@ class Trainer:
             return [glue.ORIGINAL_SIZES[n] for n in self.task_names]
         return [len(t.train) for t in self.tasks]
 
-    def _empty_losses(self) -> Dict[str, List[float]]:
+    def _empty_losses(self) -> dict[str, list[float]]:
         return {name: [0.0, 0] for name in self.task_names}
 
     # ---- the loop -------------------------------------------------------------------
 
-    def train(self) -> Dict[str, Any]:
+    def train(self) -> dict[str, Any]:
         """Run (or continue) training; returns the best evaluation."""
-        previous_handlers = self._install_signal_handlers()
-        try:
-            self.wrapped.train()
-            while self.epoch < self.settings.num_train_epochs:
-                if self.step_in_epoch == 0:
+        settings, ctx = self.settings, self.ctx
+        with self._signals_request_a_checkpoint():
+            self.wrapped.train(not self.dropout_disabled)
+            while self.epoch < settings.num_train_epochs:
+                if self.step_in_epoch == 0:  # a new epoch (not one resumed halfway)
                     self.probability_history.append([float(p) for p in self.sampler.start_epoch(self.epoch)])
                     self.epoch_losses = self._empty_losses()
                     logger.info("epoch %d: task probabilities %s", self.epoch,
                                 ", ".join(f"{n} {p:.4f}" for n, p in zip(self.task_names, self.sampler.probs)))
-                self._train_epoch()
-                self._end_of_epoch()
+                with tqdm(total=settings.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
+                          disable=not ctx.is_main, dynamic_ncols=True) as progress:
+                    while self.step_in_epoch < settings.steps_per_epoch:
+                        # Every rank draws the same task: the sampler is seeded alike everywhere
+                        # (the digest of the draws is compared across ranks at the end).
+                        task_id = self.sampler.next_task()
+                        self.draw_digest.update(bytes([task_id % 256]))
+                        loss = self.train_step(task_id)
+                        self.step_in_epoch += 1
+                        self.global_step += 1
+                        progress.update(1)
+                        progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
+                        # A stop signal is agreed by all ranks, so that they save the same step.
+                        stop_signal = ctx.all_reduce_int(self._stop_signal or 0, "max")
+                        if stop_signal:
+                            raise StopRequested(stop_signal, checkpoint=self.save_checkpoint())
+                        every = settings.save_checkpoints_steps
+                        if every > 0 and self.global_step % every == 0:
+                            self.save_checkpoint()
+                self.end_epoch()
             self._check_ranks_drew_the_same_tasks()
-            return self.best_evaluation()
-        finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+        return reports.read_eval_results(settings.output_dir)
 
-    def _train_epoch(self) -> None:
-        steps = self.settings.steps_per_epoch
-        with tqdm(total=steps, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                  disable=not self.ctx.is_main, dynamic_ncols=True) as progress:
-            while self.step_in_epoch < steps:
-                task_id = self.sampler.next_task()
-                self.draw_digest.update(bytes([task_id % 256]))
-                loss = self._optimizer_step(task_id)
-                self.step_in_epoch += 1
-                self.global_step += 1
-                progress.update(1)
-                progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
-                self._checkpoint_if_due()
-
-    def _checkpoint_if_due(self) -> None:
-        """A periodic checkpoint, or a final one when a stop signal arrived."""
-        stop_signal = self._agreed_stop_signal()
-        if stop_signal:
-            path = self.save_checkpoint()
-            raise TrainingInterrupted(stop_signal, path)
-        every = self.settings.save_checkpoints_steps
-        if every > 0 and self.global_step % every == 0:
-            self.save_checkpoint()
-
-    def _agreed_stop_signal(self) -> int:
-        """The stop signal, agreed by all ranks so that they save at the same step."""
-        local = self._stop_signal or 0
-        if not self.ctx.distributed:
-            return local
-        flag = torch.tensor([local], dtype=torch.int64, device=self.ctx.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
-
-    def _optimizer_step(self, task_id: int) -> float:
-        """Forward/backward over the accumulation steps of one task, then one update."""
+    def train_step(self, task_id: int) -> float:
+        """One optimizer step on one task: forward and backward over the accumulation
+        micro-batches, then the update. Returns the step's loss (NaN if skipped)."""
+        settings, ctx = self.settings, self.ctx
         task = self.tasks[task_id]
-        accumulation = self.settings.gradient_accumulation_steps
-        total_loss = 0.0
+        accumulation = settings.gradient_accumulation_steps
+        step_loss = 0.0
         for micro_step in range(accumulation):
-            indices = self.streams[task_id].next_indices()
-            local = indices[self.ctx.rank::self.ctx.world_size]  # this rank's share of the batch
-            batch = glue.collate_features([task.train[i] for i in local], pad_to=self.pad_to,
+            # Every rank draws the same global micro-batch and takes every world_size-th
+            # example of it: together the ranks see each example once.
+            indices = self.streams[task_id].next_indices()[ctx.rank::ctx.world_size]
+            batch = glue.collate_features([task.train[i] for i in indices], pad_to=settings.pad_to,
                                           regression=task.spec.is_regression)
-            sync = micro_step == accumulation - 1
-            with self._maybe_no_sync(sync):
-                with autocast_context(self.ctx.device, self.settings.bf16, self.settings.fp16):
-                    loss, _ = self.wrapped(batch["input_ids"].to(self.ctx.device),
-                                           batch["segment_ids"].to(self.ctx.device),
-                                           batch["input_mask"].to(self.ctx.device), task_id,
-                                           task.name, batch["label_ids"].to(self.ctx.device))
-                if self.ctx.n_gpu > 1 and not self.ctx.distributed:
+            batch = {name: tensor.to(ctx.device) for name, tensor in batch.items()}
+            # DDP averages gradients over ranks during backward; only the last micro-step
+            # needs that, the others accumulate locally under no_sync().
+            last_micro_step = micro_step == accumulation - 1
+            sync = self.wrapped.no_sync() if ctx.distributed and not last_micro_step else contextlib.nullcontext()
+            with sync:
+                with autocast_context(ctx.device, settings.bf16, settings.fp16):
+                    loss, _ = self.wrapped(batch["input_ids"], batch["segment_ids"], batch["input_mask"], task_id,
+                                           labels=batch["label_ids"])
+                if ctx.n_gpu > 1 and not ctx.distributed:
                     loss = loss.mean()  # DataParallel returns one loss per GPU
-                loss = loss / accumulation
-                if self._inject_nan_at_step == self.global_step + 1:
-                    loss = loss * float("nan")
-                if not self._all_ranks_finite(loss):
-                    return self._handle_nonfinite_loss(task)
-                self._backward(loss)
-            total_loss += loss.item()
-        if self.settings.skip_nonfinite_loss and self.scaler is None and not self._gradients_finite():
-            return self._handle_nonfinite_loss(task, what="gradient")
-        self._apply_update()
-        self.epoch_losses[task.name][0] += total_loss
-        self.epoch_losses[task.name][1] += 1
-        return total_loss
-
-    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank.
-
-        All ranks must agree: a rank that stopped or skipped while the others went on
-        into backward would leave them waiting for it forever.
-        """
-        finite = bool(torch.isfinite(loss.detach()).all())
-        if not self.ctx.distributed:
-            return finite
-        flag = torch.tensor([1 if finite else 0], dtype=torch.int64, device=self.ctx.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-        return bool(flag.item())
-
-    def _gradients_finite(self) -> bool:
-        """With --skip_nonfinite_loss only: a finite loss can still give inf/NaN gradients,
-        which would poison the parameters. (DDP has already averaged the gradients, so
-        every rank sees the same answer.)"""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if not grads:
-            return True
-        norms = torch._foreach_norm(grads)
-        return bool(torch.isfinite(torch.stack(norms)).all())
-
-    def _maybe_no_sync(self, sync: bool):
-        if self.ctx.distributed and not sync:
-            return self.wrapped.no_sync()
-        return contextlib.nullcontext()
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-
-    def _apply_update(self) -> None:
-        if self.scaler is not None:
-            for optimizer in self.optimizers:
-                self.scaler.unscale_(optimizer)  # BERTAdam clips per tensor: needs true grads
-                self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            for optimizer in self.optimizers:
+                loss = loss / accumulation  # the step's gradient is the mean over its micro-batches
+                # All ranks must agree to go on: a rank that skipped backward while the others
+                # entered it would leave them waiting in the all-reduce forever.
+                if not ctx.all_reduce_int(int(bool(torch.isfinite(loss.detach()).all())), "min"):
+                    return self._non_finite_step(task, "loss")
+                if self.scaler is not None:
+                    self.scaler.scale(loss).backward()  # fp16: scaled so that small gradients survive
+                else:
+                    loss.backward()
+            step_loss += loss.item()  # (waits for the device)
+        # A finite loss can still give inf/NaN gradients; DDP has averaged them already, so
+        # every rank gives the same answer. (Under fp16 the scaler checks and skips itself.)
+        if settings.skip_nonfinite_loss and self.scaler is None and not gradients_finite(self.model):
+            return self._non_finite_step(task, "gradient")
+        for optimizer in self.optimizers:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)  # BERTAdam clips per tensor: it needs the true gradients
+                self.scaler.step(optimizer)  # skipped (step counters untouched) when gradients overflowed
+            else:
                 optimizer.step()
-        # Unsampled tasks' parameters: see build_optimizers(update_unsampled=...).
+        if self.scaler is not None:
+            self.scaler.update()
+        # None, not zeros: a task not drawn next step gets no gradient (see build_optimizers).
         self.model.zero_grad(set_to_none=True)
+        self.epoch_losses[task.name][0] += step_loss
+        self.epoch_losses[task.name][1] += 1
+        return step_loss
 
-    def _handle_nonfinite_loss(self, task: TaskData, what: str = "loss") -> float:
+    def _non_finite_step(self, task: TaskData, what: str) -> float:
         """Stop with an error naming the step and task, or (--skip_nonfinite_loss) skip
         the step. Either way nothing is written: the best model and the last checkpoint
         stay as they were, and the parameters are untouched (no update was applied)."""
@@ -650,6 +585,42 @@ class Trainer:
         logger.warning("%s; skipping this step (%d skipped so far)", message, self.nonfinite_steps_skipped)
         return float("nan")
 
+    def end_epoch(self) -> None:
+        """Evaluate on rank 0 (keeping the best model), write the reports, checkpoint."""
+        if self.ctx.is_main:
+            train_losses = {name: self._mean_train_loss(name) for name in self.task_names}
+            result = evaluate_tasks(self.model, self.tasks, self.settings, self.ctx.device, self.epoch,
+                                    self.global_step, train_losses)
+            self.history.extend(result["records"])
+            self._save_if_best(result)
+        self.ctx.barrier()
+        if self.settings.dropout_off_after_first_eval:
+            self.dropout_disabled = True
+        self.wrapped.train(not self.dropout_disabled)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if self.ctx.is_main:
+            reports.write_epoch_reports(self.settings.output_dir, self.history, self.probability_history,
+                                        self.task_names, plot=self.settings.plot)
+        self.save_checkpoint(keep_epoch_copy=self.settings.keep_epoch_checkpoints)
+
+    def _mean_train_loss(self, task_name: str) -> float | None:
+        total, steps = self.epoch_losses[task_name]
+        return total / steps if steps else None
+
+    def _save_if_best(self, result: dict[str, Any]) -> None:
+        score = result["selection_score"]
+        if not score > self.best_score:  # NaN never wins
+            return
+        self._refuse_non_finite_parameters("saving the best model")
+        self.best_score = score
+        output_dir = self.settings.output_dir
+        checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file, output_dir)
+        if self.settings.save_adapters:
+            checkpointing.save_adapter_checkpoints(self.model, self.task_names, output_dir / checkpointing.ADAPTER_DIR)
+        reports.write_eval_results(output_dir, result)
+        logger.info("new best model (score %.4f) saved to %s", score, output_dir)
+
     def _refuse_non_finite_parameters(self, about_to: str) -> None:
         """Never save NaN/inf weights: an all-NaN model predicts class 0 everywhere and
         could even 'win' an evaluation, and a poisoned checkpoint cannot be resumed."""
@@ -658,72 +629,6 @@ class Trainer:
             raise NonFiniteLossError(f"parameter '{name}' became non-finite by step {self.global_step} "
                                      f"(epoch {self.epoch}); not {about_to}: the best saved model and "
                                      f"the last checkpoint are untouched")
-
-    def _end_of_epoch(self) -> None:
-        self.evaluate()
-        self.epoch += 1
-        self.step_in_epoch = 0
-        if self.ctx.is_main:
-            self._write_reports()
-        self.save_checkpoint(keep_epoch_copy=self.settings.keep_epoch_checkpoints)
-
-    # ---- evaluation -----------------------------------------------------------------
-
-    def evaluate(self) -> Dict[str, Any]:
-        """Evaluate every task's dev split(s) on rank 0; keep the best model."""
-        result: Dict[str, Any] = {}
-        if self.ctx.is_main:
-            result = self._evaluate_all()
-            self._maybe_save_best(result)
-        self.ctx.barrier()
-        if self.settings.replicate_original:
-            # The original called model.eval() here and never model.train() again.
-            self.dropout_disabled = True
-        self.wrapped.train(not self.dropout_disabled)
-        return result
-
-    def _evaluate_all(self) -> Dict[str, Any]:
-        train_losses = {name: self._mean_train_loss(name) for name in self.task_names}
-        result = evaluate_tasks(self.model, self.tasks, self.settings, self.ctx.device, self.epoch,
-                                self.global_step, train_losses)
-        self.history.extend(result["records"])
-        return result
-
-    def _mean_train_loss(self, task_name: str) -> Optional[float]:
-        total, steps = self.epoch_losses[task_name]
-        return total / steps if steps else None
-
-    def _maybe_save_best(self, result: Dict[str, Any]) -> None:
-        score = result["selection_score"]
-        if not score > self.best_score:  # NaN never wins
-            return
-        self._refuse_non_finite_parameters("saving the best model")
-        self.best_score = score
-        checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file,
-                                        self.settings.output_dir)
-        if self.settings.save_adapters:
-            checkpointing.save_adapter_checkpoints(self.model, self.task_names,
-                                                   self.settings.output_dir / checkpointing.ADAPTER_DIR)
-        best = {"epoch": result["epoch"], "global_step": result["global_step"], "glue_average": result["glue_average"],
-                "selection_score": score, "scores": result["scores"],
-                "metrics": {r["task"]: {k: v for k, v in r.items() if k not in ("epoch", "global_step", "task")}
-                            for r in result["records"]}}
-        checkpointing.atomic_write_text(self.settings.output_dir / "eval_results.json",
-                                        json.dumps(best, indent=2, sort_keys=True) + "\n")
-        logger.info("new best model (score %.4f) saved to %s", score, self.settings.output_dir)
-
-    def best_evaluation(self) -> Dict[str, Any]:
-        path = self.settings.output_dir / "eval_results.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    # ---- reports --------------------------------------------------------------------
-
-    def _write_reports(self) -> None:
-        lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in self.history)
-        checkpointing.atomic_write_text(self.settings.output_dir / "metrics.jsonl", lines)
-        if self.settings.plot:
-            plot_training_curves(self.history, self.probability_history, self.task_names,
-                                 self.settings.output_dir / "training_curves.png")
 
     def _check_ranks_drew_the_same_tasks(self) -> None:
         digests = self.ctx.gather_objects(self.draw_digest.hexdigest())
@@ -735,7 +640,7 @@ class Trainer:
 
     # ---- checkpoints ----------------------------------------------------------------
 
-    def state_dict(self) -> Dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
@@ -754,7 +659,7 @@ class Trainer:
             "settings": self.invariant_settings(),
         }
 
-    def invariant_settings(self) -> Dict[str, Any]:
+    def invariant_settings(self) -> dict[str, Any]:
         return {flag: getattr(self.settings, name) for flag, name in RESUME_INVARIANT_SETTINGS.items()}
 
     def save_checkpoint(self, keep_epoch_copy: bool = False) -> Path:
@@ -771,14 +676,13 @@ class Trainer:
         self.last_checkpoint_step = self.global_step
         return path
 
-    def load_state_dict(self, state: Dict[str, Any], source: Any = "the training checkpoint") -> None:
+    def load_state_dict(self, state: dict[str, Any], source: Any = "the training checkpoint") -> None:
         """Continue from a saved state. Anything that does not fit this run (another
         script's file, other tasks, another architecture, settings that would change
         the result) is a one-line error naming the checkpoint and the key or flag."""
         missing = [key for key in TRAINING_STATE_KEYS if key not in state]
         if missing:
-            raise checkpointing.CheckpointError(f"{source}: not a training checkpoint of this script "
-                                                f"(no '{missing[0]}')")
+            raise CheckpointError(f"{source}: not a training checkpoint of this script (no '{missing[0]}')")
         if list(state["task_names"]) != self.task_names:
             raise UsageError(f"{source} was trained on tasks {list(state['task_names'])}, "
                              f"not {self.task_names}: resume with the same --tasks")
@@ -787,7 +691,8 @@ class Trainer:
             if flag in saved_settings and saved_settings[flag] != mine:
                 raise UsageError(f"{source} was trained with {flag} {saved_settings[flag]}, this run has "
                                  f"{mine}: resume with the checkpoint's settings")
-        self._load_model_state(state["model"], source)
+        checkpointing.check_state_dict(state["model"], self.model.state_dict(), source, what="model tensor")
+        self.model.load_state_dict(state["model"])
         try:
             if len(state["optimizers"]) != len(self.optimizers) or len(state["streams"]) != len(self.streams):
                 raise ValueError("it holds a different number of optimizers or task streams")
@@ -810,8 +715,8 @@ class Trainer:
             checkpointing.restore_rng_state(rng_states[min(self.ctx.rank, len(rng_states) - 1)])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise checkpointing.CheckpointError(f"{source}: does not fit this run ({reason}); was it "
-                                                f"written with other flags or another config?") from None
+            raise CheckpointError(f"{source}: does not fit this run ({reason}); was it "
+                                  f"written with other flags or another config?") from None
         if not 0 <= self.step_in_epoch <= self.settings.steps_per_epoch:
             raise UsageError(f"{source} stopped at step {self.step_in_epoch} of an epoch, but "
                              f"--steps_per_epoch is {self.settings.steps_per_epoch}")
@@ -820,47 +725,31 @@ class Trainer:
         logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
                     self.step_in_epoch, self.settings.steps_per_epoch)
 
-    def _load_model_state(self, saved: Any, source: Any) -> None:
-        """A strict load whose error names the first missing, unexpected or mis-shaped key."""
-        if not isinstance(saved, dict):
-            raise checkpointing.CheckpointError(f"{source}: 'model' is not a state dict")
-        own = self.model.state_dict()
-        missing = [key for key in own if key not in saved]
-        if missing:
-            raise checkpointing.CheckpointError(f"{source}: lacks model tensor '{missing[0]}' "
-                                                f"({len(missing)} missing): another config?")
-        extra = [key for key in saved if key not in own]
-        if extra:
-            raise checkpointing.CheckpointError(f"{source}: has unexpected model tensor '{extra[0]}' "
-                                                f"({len(extra)} unexpected): another config?")
-        for key, tensor in saved.items():
-            if not isinstance(tensor, torch.Tensor):
-                raise checkpointing.CheckpointError(f"{source}: model entry '{key}' is not a tensor")
-            if tuple(tensor.shape) != tuple(own[key].shape):
-                raise checkpointing.CheckpointError(f"{source}: model tensor '{key}' has shape "
-                                                    f"{tuple(tensor.shape)}, this model expects {tuple(own[key].shape)}")
-        self.model.load_state_dict(saved)
-
     # ---- signals --------------------------------------------------------------------
 
-    def _install_signal_handlers(self) -> Dict[int, Any]:
-        """SIGINT/SIGTERM: finish the current step, save a resumable checkpoint, stop."""
-        previous = {}
-
+    @contextlib.contextmanager
+    def _signals_request_a_checkpoint(self):
+        """SIGINT/SIGTERM: finish the current step, save a resumable checkpoint, stop.
+        A second signal stops at once (the last checkpoint is kept)."""
         def request_stop(signum, _frame):
-            if self._stop_signal is not None:  # a second signal: stop now, without a checkpoint
+            if self._stop_signal is not None:
                 logger.warning("signal %d again: stopping now; --resume continues from the last checkpoint",
                                signum)
-                raise checkpointing.StopRequested(signum)
+                raise StopRequested(signum)
             self._stop_signal = signum
             logger.warning("signal %d: saving a checkpoint after this step", signum)
 
+        previous = {}
         try:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, request_stop)
         except ValueError:  # not the main thread: leave signals alone
             pass
-        return previous
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 # --------------------------------------------------------------------------------------
@@ -869,7 +758,7 @@ class Trainer:
 
 def predict_test_sets(model: BertForMultiTask, task_names: Sequence[str], data_dir, tokenizer,
                       max_seq_length: int, batch_size: int, device: torch.device, folder: Path,
-                      bf16: bool = False, fp16: bool = False) -> List[Path]:
+                      bf16: bool = False, fp16: bool = False) -> list[Path]:
     """GLUE submission files (one TSV per task; MNLI-m, MNLI-mm and AX from the MNLI head)."""
     written = []
     model = model.to(device)
@@ -887,39 +776,3 @@ def predict_test_sets(model: BertForMultiTask, task_names: Sequence[str], data_d
             glue.write_submission(path, submission_key, [e.guid for e in examples], preds)
             written.append(path)
     return written
-
-
-# --------------------------------------------------------------------------------------
-# Plot
-# --------------------------------------------------------------------------------------
-
-def plot_training_curves(history: Sequence[Dict[str, Any]], probabilities: Sequence[Sequence[float]],
-                         task_names: Sequence[str], path: Path) -> None:
-    """Dev score per task per epoch (left) and sampling probabilities per epoch (right)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {name: plt.cm.tab10(index % 10) for index, name in enumerate(task_names)}
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for key in dict.fromkeys(r["task"] for r in history):
-        points = [(r["epoch"], r["score"]) for r in history if r["task"] == key]
-        task = "mnli" if key == "mnli-mm" else key  # MNLI mismatched: dashed, MNLI's colour
-        left.plot([e for e, _ in points], [s for _, s in points], marker="o", label=key,
-                  color=colours.get(task), linestyle="--" if key == "mnli-mm" else "-")
-    left.set(title="dev score per task", xlabel="epoch", ylabel="score (0-1)")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
-    probs = np.asarray(probabilities)
-    if probs.size:
-        for index, name in enumerate(task_names):
-            right.plot(range(len(probs)), probs[:, index], marker=".", label=name, color=colours[name])
-    for axis in (left, right):
-        axis.xaxis.get_major_locator().set_params(integer=True)
-    right.set(title="task sampling probability", xlabel="epoch", ylabel="probability")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
-    figure.tight_layout()
-    with checkpointing.atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)

@@ -7,7 +7,6 @@ own BERT code. TensorFlow is imported once for the module (it is slow to import)
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,8 @@ import pytest
 import torch
 
 import convert_tf_checkpoint_to_pytorch as convert
-from modeling import BertConfig, BertForMultiTask, BertModel, load_pretrained_weights, read_state_dict
+from checkpointing import load_pretrained_weights, read_state_dict
+from modeling import BertConfig, BertForMultiTask, BertModel
 
 SCRIPT = "convert_tf_checkpoint_to_pytorch.py"
 

@@ -38,6 +38,7 @@ import pytest
 import torch
 
 import checkpointing
+import cli
 import convert_tf_checkpoint_to_pytorch as convert
 import extract_features
 import glue
@@ -476,7 +477,7 @@ def resume_checkpoint_extra_key(w):
 @mtl_case
 def resume_checkpoint_misshaped_key(w):
     path = _tampered_resume(w, lambda s: s["model"].__setitem__("classifier.0.weight", torch.zeros(3, 32)))
-    return ["--resume"], [str(path), "'classifier.0.weight' has shape (3, 32), this model expects (2, 32)"]
+    return ["--resume"], [str(path), "'classifier.0.weight' has shape (3, 32), the model expects (2, 32)"]
 
 
 @mtl_case
@@ -545,7 +546,7 @@ def output_dir_is_a_file(w):
 @mtl_case
 def output_dir_used_by_another_run(w):
     w.out.mkdir()
-    w._other_run = checkpointing.OutputDirLock(w.out).acquire()  # what a live run holds
+    w._other_run = cli.OutputDirLock(w.out).acquire()  # what a live run holds
     return ["--overwrite_output_dir"], [str(w.out), "another run is using this output folder"]
 
 
@@ -839,11 +840,11 @@ def _broken_call(script, w):
 @pytest.mark.parametrize("how", ["flag", "environment", "environment_off"])
 def test_debug_shows_the_traceback_in_every_script(script, how, workspace, monkeypatch, capsys):
     main, argv = _broken_call(script, workspace)
-    monkeypatch.delenv(checkpointing.DEBUG_ENVIRONMENT_VARIABLE, raising=False)
+    monkeypatch.delenv(cli.DEBUG_ENVIRONMENT_VARIABLE, raising=False)
     if how == "flag":
         argv = argv + ["--debug"]
     else:
-        monkeypatch.setenv(checkpointing.DEBUG_ENVIRONMENT_VARIABLE, "1" if how == "environment" else "0")
+        monkeypatch.setenv(cli.DEBUG_ENVIRONMENT_VARIABLE, "1" if how == "environment" else "0")
     if how == "environment_off":
         assert_clean_error(main(argv), capsys, ["config file not found"])
     else:
@@ -1142,6 +1143,31 @@ def nan_run_args(glue_dir, config, vocab, output_dir, *extra):
         "--save_checkpoints_steps", "0", *extra]]
 
 
+def inject_nan_loss_at_step(monkeypatch, step: int) -> None:
+    """Fault injection from the test: the training loss of optimizer step ``step``
+    (1-based, counted by the trainer, so also after --resume) becomes NaN just before
+    the loop checks it, so the real detection path runs at a step the test chooses. An
+    input crafted to give NaN cannot target a step (batches are reshuffled per pass and
+    tasks are sampled)."""
+    current = {"step": 0}
+    train_step = training.Trainer.train_step
+    forward = modeling.BertForMultiTask.forward
+
+    def counting_train_step(self, task_id):
+        current["step"] = self.global_step + 1
+        return train_step(self, task_id)
+
+    def nan_forward(self, *args, labels=None, **kwargs):
+        output = forward(self, *args, labels=labels, **kwargs)
+        if labels is not None and self.training and current["step"] == step:
+            loss, logits = output
+            return loss * float("nan"), logits
+        return output
+
+    monkeypatch.setattr(training.Trainer, "train_step", counting_train_step)
+    monkeypatch.setattr(modeling.BertForMultiTask, "forward", nan_forward)
+
+
 @pytest.fixture
 def nan_setup(tmp_path, glue_dir, small_vocab):
     config = write_json(tmp_path / "config.json", tiny_config_dict(small_vocab))
@@ -1152,7 +1178,7 @@ def test_nan_at_a_chosen_step_stops_with_step_and_task_and_keeps_the_best_model(
     folder, args = nan_setup
     out = folder / "nan"
     # Step 6 = the second step of epoch 1 under round robin (cola, sts, mnli, cola | sts, mnli, ...).
-    monkeypatch.setenv(training.INJECT_NAN_ENVIRONMENT_VARIABLE, "6")
+    inject_nan_loss_at_step(monkeypatch, 6)
     code = run_multi_task.main(args(out))
     assert_clean_error(code, capsys, ["non-finite training loss at step 6 (epoch 1, task mnli)",
                                       "the best saved model is untouched",
@@ -1180,7 +1206,7 @@ def test_nan_at_a_chosen_step_stops_with_step_and_task_and_keeps_the_best_model(
 
 def test_nan_with_skip_skips_exactly_that_step(nan_setup, monkeypatch):
     folder, args = nan_setup
-    monkeypatch.setenv(training.INJECT_NAN_ENVIRONMENT_VARIABLE, "2")
+    inject_nan_loss_at_step(monkeypatch, 2)
     assert run_multi_task.main(args(folder / "skip", "--skip_nonfinite_loss")) == 0
     state = torch.load(folder / "skip" / "checkpoints" / "last.pt", weights_only=True)
     optimizer_steps = {int(s["step"]) for s in state["optimizers"][0]["state"].values()}
@@ -1192,15 +1218,16 @@ def test_non_finite_parameters_are_never_saved(nan_setup, monkeypatch, capsys):
     """A finite loss can still leave NaN weights (e.g. an inf gradient). Such a model
     predicts class 0 everywhere and could 'win' an evaluation: it is never saved."""
     folder, args = nan_setup
-    original = training.Trainer._apply_update
+    original = training.Trainer.train_step
 
-    def poison_after_step_4(self):
-        original(self)
+    def poison_after_step_4(self, task_id):
+        loss = original(self, task_id)
         if self.global_step + 1 == 4:
             with torch.no_grad():
                 self.model.classifier[2].weight.fill_(float("nan"))  # mnli's head, not drawn again in epoch 0
+        return loss
 
-    monkeypatch.setattr(training.Trainer, "_apply_update", poison_after_step_4)
+    monkeypatch.setattr(training.Trainer, "train_step", poison_after_step_4)
     out = folder / "poisoned"
     code = run_multi_task.main(args(out))
     assert_clean_error(code, capsys, ["parameter 'classifier.2.weight' became non-finite by step 4",
@@ -1224,14 +1251,15 @@ SOAK_DRIVER = textwrap.dedent("""
                     return int(line.split()[1])
 
     samples = []
-    checkpoint_if_due = training.Trainer._checkpoint_if_due
+    train_step = training.Trainer.train_step
 
-    def sampled(self):
-        checkpoint_if_due(self)
-        if self.global_step % 100 == 0:
-            samples.append([self.global_step, resident_kib()])
+    def sampled(self, task_id):
+        loss = train_step(self, task_id)
+        if (self.global_step + 1) % 100 == 0:
+            samples.append([self.global_step + 1, resident_kib()])
+        return loss
 
-    training.Trainer._checkpoint_if_due = sampled
+    training.Trainer.train_step = sampled
     code = run_multi_task.main(sys.argv[2:])
     print(json.dumps({"code": code, "samples": samples}))
 """)

@@ -110,8 +110,10 @@ def _predict_one_by_one(model, task_id, features, regression):
 
 
 def _hand_mcc(preds, labels):
-    tp = np.sum((preds == 1) & (labels == 1)); tn = np.sum((preds == 0) & (labels == 0))
-    fp = np.sum((preds == 1) & (labels == 0)); fn = np.sum((preds == 0) & (labels == 1))
+    tp = np.sum((preds == 1) & (labels == 1))
+    tn = np.sum((preds == 0) & (labels == 0))
+    fp = np.sum((preds == 1) & (labels == 0))
+    fn = np.sum((preds == 0) & (labels == 1))
     denominator = np.sqrt(float((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)))
     return 0.0 if denominator == 0 else float(tp * tn - fp * fn) / denominator
 

@@ -376,7 +376,7 @@ def test_clean_text_drops_controls_and_maps_whitespace():
 
 def test_bytes_input_and_convert_to_unicode(uncased):
     assert convert_to_unicode(b"caf\xc3\xa9\xff") == "café"  # bad bytes are dropped
-    assert uncased.tokenize("café".encode("utf-8")) == uncased.tokenize("café")
+    assert uncased.tokenize("café".encode()) == uncased.tokenize("café")
     assert tokenization.printable_text("abc") == "abc"
     with pytest.raises(ValueError, match="Unsupported string type: int"):
         convert_to_unicode(3)
