@@ -128,7 +128,7 @@ def _current_umask() -> int:
 
 def atomic_write_text(path: PathLike, text: str) -> None:
     with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+        temporary.write_text(text, encoding="utf-8", newline="")  # no newline translation
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:

@@ -53,27 +53,33 @@ def error_line(err: BaseException) -> str:
 
 
 @contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into ``StopRequested`` for the duration of the block.
-
-    Without it, SIGTERM would end the process on the spot and leave temporary files;
-    with it, the stack unwinds and every atomic write cleans up after itself. The
-    training loop installs its own handlers (checkpoint, then stop) inside this block.
-    """
-    def stop(signum, _frame):
-        raise StopRequested(signum)
-
+def on_stop_signals(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Run ``handler(signum, frame)`` on SIGINT and SIGTERM inside the block (outside
+    the main thread, where signals cannot be set, the block runs unchanged)."""
     previous = {}
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, stop)
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals alone
         pass
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, saved in previous.items():
+            signal.signal(signum, saved)
+
+
+def stop_signals_raise():
+    """Turn SIGINT and SIGTERM into ``StopRequested`` for the duration of the block.
+
+    Without it, SIGTERM would end the process on the spot and leave temporary files;
+    with it, the stack unwinds and every atomic write cleans up after itself. The
+    training loop installs its own handler (checkpoint, then stop) inside this block.
+    """
+    def stop(signum, _frame):
+        raise StopRequested(signum)
+
+    return on_stop_signals(stop)
 
 
 def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:

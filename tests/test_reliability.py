@@ -40,8 +40,8 @@ import torch
 import checkpointing
 import cli
 import convert_tf_checkpoint_to_pytorch as convert
+import demo_data
 import extract_features
-import glue
 import modeling
 import run_multi_task
 import tokenization
@@ -70,7 +70,7 @@ def fresh_logging():
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("glue")
-    glue.write_demo_glue(folder, seed=3, scale=0.3)
+    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
     return folder
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import checkpointing
+import demo_data
 import glue
 import modeling
 import run_multi_task
@@ -35,7 +36,7 @@ def tiny_config(path: Path, dropout: float = 0.1, **flags) -> Path:
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("glue")
-    glue.write_demo_glue(folder, seed=3, scale=0.3)
+    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
     return folder
 
 
