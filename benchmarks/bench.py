@@ -14,7 +14,10 @@ alike, and every figure is a median. What is measured (see benchmarks/README.md)
      to 128 (the original) against dynamic padding and length grouping
   5. the PALs configuration against plain BERT (the cost of the adapters)
 
-Usage: python benchmarks/bench.py [--quick] [--compile] [--json results.json]
+``--fast-paths`` instead measures each kept fast kernel of kernels.py on its own: the
+model built with it against the model built without it, runs alternated, MiniLM.
+
+Usage: python benchmarks/bench.py [--quick] [--compile] [--fast-paths] [--json results.json]
 """
 from __future__ import annotations
 
@@ -29,9 +32,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -39,8 +42,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import checkpointing  # noqa: E402
 import extract_features  # noqa: E402
 import glue  # noqa: E402
+import kernels  # noqa: E402
 import modeling  # noqa: E402
 from optimization import BERTAdam  # noqa: E402
 
@@ -103,10 +108,10 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(runs: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> Dict[str, List[float]]:
+def alternate(runs: dict[str, Callable[[], None]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
     """Run every entry ``warmup + repeats`` times, alternating the order each round."""
     names = list(runs)
-    times: Dict[str, List[float]] = {name: [] for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
@@ -116,7 +121,7 @@ def alternate(runs: Dict[str, Callable[[], None]], repeats: int, warmup: int = 1
     return times
 
 
-def peak_step_memory(step: Callable[[], None]) -> Optional[int]:
+def peak_step_memory(step: Callable[[], None]) -> int | None:
     """Peak bytes of CPU tensor memory allocated during ``step`` above what existed before.
 
     From the profiler's memory timeline (every allocation and free, temporaries inside
@@ -144,7 +149,7 @@ def peak_step_memory(step: Callable[[], None]) -> Optional[int]:
         return None
 
 
-def fmt_mb(value: Optional[int]) -> str:
+def fmt_mb(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 2 ** 20:,.0f}"
 
 
@@ -152,8 +157,8 @@ def fmt_mb(value: Optional[int]) -> str:
 # Matmul peak
 # --------------------------------------------------------------------------------------
 
-def measure_matmul_peaks(size: int, repeats: int) -> Dict[str, float]:
-    """GFLOP/s of an n x n x n product: fp32, bf16 (torch.matmul), bf16 operands in fp32 GEMM."""
+def measure_matmul_peaks(size: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of an n x n x n product in fp32 and in bf16 (torch.matmul)."""
     gen = torch.Generator().manual_seed(0)
     a32 = torch.randn(size, size, generator=gen)
     b32 = torch.randn(size, size, generator=gen)
@@ -163,8 +168,6 @@ def measure_matmul_peaks(size: int, repeats: int) -> Dict[str, float]:
     runs = {  # into preallocated outputs: the GEMM's rate, not the allocation's
         "fp32": lambda: torch.matmul(a32, b32, out=out32),
         "bf16": lambda: torch.matmul(a16, b16, out=out16),
-        # How this port's bf16 path multiplies on a CPU without bf16 instructions.
-        "bf16_via_fp32": lambda: torch.matmul(a16.float(), b16.float()).bfloat16(),
     }
     times = alternate(runs, repeats)
     return {name: flops / statistics.median(t) / 1e9 for name, t in times.items()}
@@ -200,12 +203,12 @@ def hf_config(config: modeling.BertConfig, num_labels: int = 2):
     return hf
 
 
-def to_hf_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def to_hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
             for k, v in state.items()}
 
 
-def load_into_hf(hf_model, state: Dict[str, torch.Tensor]) -> None:
+def load_into_hf(hf_model, state: dict[str, torch.Tensor]) -> None:
     missing, unexpected = hf_model.load_state_dict(to_hf_state_dict(state), strict=False)
     missing = [k for k in missing if not k.endswith(("position_ids", "token_type_ids"))]
     if missing or unexpected:
@@ -225,7 +228,7 @@ def classifier_pair(size: str, dropout: bool = True):
         config = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ours = modeling.BertForSequenceClassification(config, 2)
     if size == "minilm":
-        modeling.load_pretrained_weights(ours, minilm_dir())
+        checkpointing.load_pretrained_weights(ours, minilm_dir())
     theirs = transformers.BertForSequenceClassification(hf_config(config))
     load_into_hf(theirs, ours.state_dict())
     assert theirs.config._attn_implementation == "sdpa"
@@ -239,7 +242,7 @@ def encoder_pair(size: str):
     torch.manual_seed(0)
     ours = modeling.BertModel(config)
     if size == "minilm":
-        modeling.load_pretrained_weights(ours, minilm_dir())
+        checkpointing.load_pretrained_weights(ours, minilm_dir())
     else:
         ours.apply(lambda m: modeling.init_bert_weights(m, config.initializer_range))
     theirs = transformers.BertModel(hf_config(config), add_pooling_layer=True)
@@ -251,7 +254,7 @@ def encoder_pair(size: str):
 # Data: realistic GLUE lengths
 # --------------------------------------------------------------------------------------
 
-def task_probabilities() -> Dict[str, float]:
+def task_probabilities() -> dict[str, float]:
     weights = {t: math.sqrt(glue.ORIGINAL_SIZES[t]) for t in GLUE_LENGTHS}
     total = sum(weights.values())
     return {t: w / total for t, w in weights.items()}
@@ -275,7 +278,7 @@ def make_example(length: int, pair: bool, rng: np.random.Generator, vocab_size: 
     return ids.tolist(), types.tolist()
 
 
-def glue_features(task: str, count: int, rng: np.random.Generator, vocab_size: int) -> List[glue.InputFeatures]:
+def glue_features(task: str, count: int, rng: np.random.Generator, vocab_size: int) -> list[glue.InputFeatures]:
     pair = GLUE_LENGTHS[task][2]
     features = []
     for length in sample_lengths(task, count, rng):
@@ -284,7 +287,7 @@ def glue_features(task: str, count: int, rng: np.random.Generator, vocab_size: i
     return features
 
 
-def mixed_lengths(count: int, rng: np.random.Generator) -> List[tuple]:
+def mixed_lengths(count: int, rng: np.random.Generator) -> list[tuple]:
     """(length, pair) of ``count`` examples drawn from the task mixture."""
     probs = task_probabilities()
     tasks = rng.choice(list(probs), size=count, p=list(probs.values()))
@@ -328,7 +331,7 @@ def autocast(dtype: str):
     return contextlib.nullcontext()
 
 
-def make_step(model, hf: bool, batch, dtype: str, optimizer, task_id: Optional[int] = None):
+def make_step(model, hf: bool, batch, dtype: str, optimizer, task_id: int | None = None):
     ids, types, mask, labels = batch["input_ids"], batch["segment_ids"], batch["input_mask"], batch["label_ids"]
 
     def step():
@@ -362,9 +365,9 @@ def new_optimizer(model, fused=None):
 
 @dataclass
 class StepResult:
-    times: Dict[str, List[float]]
-    memory: Dict[str, Optional[int]] = field(default_factory=dict)
-    peak_gflops: Optional[float] = None  # fp32 matmul rate measured between these steps
+    times: dict[str, list[float]]
+    memory: dict[str, int | None] = field(default_factory=dict)
+    peak_gflops: float | None = None  # fp32 matmul rate measured between these steps
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -387,7 +390,7 @@ class PeakRunner:
         self.size = size
         self.a, self.b = torch.randn(size, size, generator=gen), torch.randn(size, size, generator=gen)
         self.out = torch.empty(size, size)
-        self.calls: List[List[float]] = []
+        self.calls: list[list[float]] = []
 
     def __call__(self) -> None:
         self.calls.append([timed(lambda: torch.matmul(self.a, self.b, out=self.out)) for _ in range(2)])
@@ -397,8 +400,8 @@ class PeakRunner:
         return 2.0 * self.size ** 3 / statistics.median(seconds) / 1e9
 
 
-def benchmark_steps(steps: Dict[str, Callable[[], None]], repeats: int, memory: bool,
-                    peak_size: Optional[int] = None) -> StepResult:
+def benchmark_steps(steps: dict[str, Callable[[], None]], repeats: int, memory: bool,
+                    peak_size: int | None = None) -> StepResult:
     """One untimed step each (profiled for memory), then ``repeats`` alternating timed
     ones, with a square matmul of ``peak_size`` in the alternation if given."""
     peaks = {}
@@ -414,33 +417,23 @@ def benchmark_steps(steps: Dict[str, Callable[[], None]], repeats: int, memory: 
     return result
 
 
-PLAIN_PATHS = dict(fused_qkv=False, fast_dropout=False, bf16_matmul="native")
-
-
-def with_plain_paths(step: Callable[[], None]) -> Callable[[], None]:
-    """``step`` with every fast path of modeling.py off (what the code did before them)."""
-    def plain_step():
-        with modeling.fast_paths(**PLAIN_PATHS):
-            step()
-    return plain_step
-
-
 def training_comparison(size: str, dtypes: Sequence[str], repeats: int, compiled: bool,
-                        plain: bool, peak_size: int, dropout: bool = True) -> Dict[str, StepResult]:
+                        plain: bool, peak_size: int, dropout: bool = True) -> dict[str, StepResult]:
     ours, theirs = classifier_pair(size, dropout)
     batch = fixed_training_batch(ours.config.vocab_size)
     ours.train()
     theirs.train()
-    twin = copy.deepcopy(ours) if plain else None
+    # "fast paths off": the same model with the plain kernels (torch's dropout).
+    twin = kernels.set_kernels(copy.deepcopy(ours), kernels.Kernels.plain()) if plain else None
     results = {}
     for dtype in dtypes:
         steps = {"ours": make_step(ours, False, batch, dtype, new_optimizer(ours)),
                  "hf": make_step(theirs, True, batch, dtype, new_optimizer(theirs))}
         if plain:
-            steps["plain"] = with_plain_paths(make_step(twin, False, batch, dtype, new_optimizer(twin, fused=False)))
+            steps["plain"] = make_step(twin, False, batch, dtype, new_optimizer(twin, fused=False))
         if compiled:
             compiled_twin = copy.deepcopy(ours)
-            steps["ours_compiled"] = make_step(modeling.compile_model(compiled_twin), False, batch, dtype,
+            steps["ours_compiled"] = make_step(kernels.compile_model(compiled_twin), False, batch, dtype,
                                                new_optimizer(compiled_twin))
             steps["ours_compiled"]()  # compile outside the memory profile
         results[dtype] = benchmark_steps(steps, repeats, memory=True, peak_size=peak_size)
@@ -453,12 +446,12 @@ def training_comparison(size: str, dtypes: Sequence[str], repeats: int, compiled
 # Inference (extract_features.py)
 # --------------------------------------------------------------------------------------
 
-def inference_features(count: int, vocab_size: int) -> List[extract_features.InputFeatures]:
+def inference_features(count: int, vocab_size: int) -> list[glue.InputFeatures]:
     rng = np.random.default_rng(1)
     features = []
     for index, (length, pair) in enumerate(mixed_lengths(count, rng)):
         ids, types = make_example(length, pair, rng, vocab_size)
-        features.append(extract_features.InputFeatures(index, ["x"] * length, ids, types))
+        features.append(glue.InputFeatures(ids, types, tokens=["x"] * length, guid=index))
     return features
 
 
@@ -473,7 +466,7 @@ def hf_encode_batch(model, batch, layer_indexes, bf16: bool) -> np.ndarray:
 
 
 def inference_comparison(size: str, dtypes: Sequence[str], count: int, repeats: int,
-                         compiled: bool) -> Dict[str, Dict[str, float]]:
+                         compiled: bool) -> dict[str, dict[str, float]]:
     ours, theirs = encoder_pair(size)
     features = inference_features(count, ours.config.vocab_size)
     batches = extract_features.length_grouped_batches(features, 32)
@@ -484,12 +477,12 @@ def inference_comparison(size: str, dtypes: Sequence[str], count: int, repeats: 
     for dtype in dtypes:
         bf16 = dtype == "bf16"
         passes = {
-            "ours": lambda: [extract_features.encode_batch(ours, b, layers, cpu, 0, bf16) for b in batches],
-            "hf": lambda: [hf_encode_batch(theirs, b, layers, bf16) for b in batches],
+            "ours": lambda bf16=bf16: [extract_features.encode_batch(ours, b, layers, cpu, 0, bf16) for b in batches],
+            "hf": lambda bf16=bf16: [hf_encode_batch(theirs, b, layers, bf16) for b in batches],
         }
         if compiled:
-            compiled_model = modeling.compile_model(ours)
-            passes["ours_compiled"] = lambda: [extract_features.encode_batch(compiled_model, b, layers, cpu, 0, bf16)
+            compiled_model = kernels.compile_model(copy.deepcopy(ours))
+            passes["ours_compiled"] = lambda m=compiled_model, bf16=bf16: [extract_features.encode_batch(m, b, layers, cpu, 0, bf16)
                                                for b in batches]
         times = alternate(passes, repeats, warmup=1)
         results[dtype] = {name: tokens / statistics.median(t) for name, t in times.items()}
@@ -511,7 +504,7 @@ EPOCH_VARIANTS = {
 }
 
 
-def epoch_comparison(steps: int, examples_per_task: int) -> Dict[str, object]:
+def epoch_comparison(steps: int, examples_per_task: int) -> dict[str, object]:
     config = our_config("minilm")
     tasks = list(GLUE_LENGTHS)
     rng = np.random.default_rng(2)
@@ -530,7 +523,7 @@ def epoch_comparison(steps: int, examples_per_task: int) -> Dict[str, object]:
             orders[variant][t] = order
     torch.manual_seed(0)
     base = modeling.BertForMultiTask(config.replace(num_tasks=len(tasks)), [2] * len(tasks))
-    modeling.load_pretrained_weights(base, minilm_dir())
+    checkpointing.load_pretrained_weights(base, minilm_dir())
     models = {v: copy.deepcopy(base).train() for v in EPOCH_VARIANTS}
     optimizers = {v: new_optimizer(m) for v, m in models.items()}
     positions = {v: {t: 0 for t in tasks} for v in EPOCH_VARIANTS}
@@ -591,8 +584,75 @@ def pals_comparison(size: str, repeats: int) -> StepResult:
 
 
 # --------------------------------------------------------------------------------------
+# Each kept fast kernel on against off (--fast-paths)
+# --------------------------------------------------------------------------------------
+
+# name: (what is timed, the kernels without it)
+FAST_PATH_RUNS = {
+    "fast_dropout": ("training step", kernels.Kernels(fast_dropout=False)),
+}
+
+
+def fast_path_comparison(pairs: int) -> dict[str, dict[str, list[float]]]:
+    """Per kept kernel: MiniLM built with the default kernels ("on") and a copy without
+    that one kernel ("off"), same weights and batch (32 x 128 padded, fp32), a training
+    step each (forward + backward + BERTAdam, dropout 0.1), runs alternated on/off,
+    off/on, ... ``pairs`` times after one untimed round.
+    """
+    torch.manual_seed(0)
+    model = modeling.BertForSequenceClassification(our_config("minilm"), 2)
+    checkpointing.load_pretrained_weights(model, minilm_dir())
+    batch = fixed_training_batch(model.config.vocab_size)
+    results = {}
+    for name, (what, without) in FAST_PATH_RUNS.items():
+        on = copy.deepcopy(model).train()
+        off = kernels.set_kernels(copy.deepcopy(model), without).train()
+        runs = {"on": make_step(on, False, batch, "fp32", new_optimizer(on)),
+                "off": make_step(off, False, batch, "fp32", new_optimizer(off))}
+        results[name] = alternate(runs, pairs, warmup=1)
+        gain = [b / a for a, b in zip(results[name]["on"], results[name]["off"])]
+        print(f"  {name} ({what}): on {statistics.median(results[name]['on']):.3f} s, "
+              f"off {statistics.median(results[name]['off']):.3f} s, off/on {statistics.median(gain):.3f}", flush=True)
+        del on, off
+        gc.collect()
+    return results
+
+
+def fast_path_report(results: dict[str, dict[str, list[float]]], command: str, others: float) -> str:
+    rows = []
+    for name, times in results.items():
+        gain = [b / a for a, b in zip(times["on"], times["off"])]
+        rows.append([f"`{name}`", FAST_PATH_RUNS[name][0], str(len(gain)),
+                     f"{statistics.median(times['on']):.3f} ({min(times['on']):.3f}-{max(times['on']):.3f})",
+                     f"{statistics.median(times['off']):.3f} ({min(times['off']):.3f}-{max(times['off']):.3f})",
+                     f"{statistics.median(gain):.3f} ({min(gain):.3f}-{max(gain):.3f})"])
+    return "\n".join([
+        f"command: `{command}`  ",
+        f"machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; native bf16 "
+        f"instructions: {'yes' if cpu_has_native_bf16() else 'no'}; CPU used by other processes: {others:.2f} cores  ",
+        "MiniLM-L6 (real weights), 32 x 128 padded batch, fp32; on = default kernels, off = the same model "
+        "without that one kernel; runs alternated; seconds as median (min-max); off/on = median (min-max) "
+        "of the per-pair ratios (above 1: the kernel is faster)",
+        "",
+        table(["kernel", "timed", "pairs", "on s", "off s", "off/on"], rows),
+    ])
+
+
+# --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bf16 in hardware (x86 flags avx512_bf16 or amx_bf16)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return bool(set(line.partition(":")[2].split()) & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 def cpu_name() -> str:
     try:
@@ -615,12 +675,14 @@ def yes(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="MiniLM size only, fewer repeats and a shorter epoch (about 3 minutes)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
-    parser.add_argument("--compile", action="store_true", help="also time modeling.compile_model (slow to compile)")
+    parser.add_argument("--compile", action="store_true", help="also time kernels.compile_model (slow to compile)")
+    parser.add_argument("--fast-paths", action="store_true",
+                        help="only time each kept fast kernel on against off (MiniLM, about 1 minute)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write every measurement to this JSON file")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
@@ -646,10 +708,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.time()
     print(f"# {command}", flush=True)
     print(f"running on {cpu_name()}, {torch.get_num_threads()} threads, load average {load_start:.2f}", flush=True)
+    if args.fast_paths:
+        meter = OtherLoad()
+        results = fast_path_comparison(args.repeats or 8)
+        report = fast_path_report(results, command, meter.cores())
+        print()
+        print(report)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"command": command, "fast_paths": results}, indent=2) + "\n",
+                                       encoding="utf-8")
+        return 0
 
     peaks = measure_matmul_peaks(2048 if quick else 4096, small_repeats)
-    bf16_peak = max(peaks["bf16"], peaks["bf16_via_fp32"]) if modeling.bf16_matmul_mode() == "fp32" else peaks["bf16"]
-    print(f"  matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()), flush=True)
+    bf16_peak = peaks["bf16"]
+    print("  matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()), flush=True)
 
     others = {}
     meter = OtherLoad()
@@ -665,7 +737,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     inference = inference_comparison("minilm", ["fp32", "bf16"], 256 if quick else 512, small_repeats, args.compile)
     others["inference"], meter = meter.cores(), OtherLoad()
     epoch = epoch_comparison(8 if quick else 24, 50 * BATCH)
-    print(f"  epoch: " + ", ".join(f"{v} {s:.1f} s" for v, s in epoch["seconds"].items()), flush=True)
+    print("  epoch: " + ", ".join(f"{v} {s:.1f} s" for v, s in epoch["seconds"].items()), flush=True)
     others["epoch"], meter = meter.cores(), OtherLoad()
     # PALs against plain: a small ratio between two long steps, so 5 rounds at both sizes.
     pals = {size: pals_comparison(size, small_repeats) for size in sizes}
@@ -678,7 +750,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.append(f"command: `{command}`  ")
     out.append(f"machine: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
                f"transformers {transformers.__version__}; native bf16 instructions: "
-               f"{'yes' if modeling.cpu_has_native_bf16() else 'no'} (bf16 matmul mode: {modeling.bf16_matmul_mode()})  ")
+               f"{'yes' if cpu_has_native_bf16() else 'no'}  ")
     out.append(f"load average {load_start:.2f} at start, {load_end:.2f} at end; {elapsed / 60:.1f} minutes; "
                "CPU used by other processes during the parts (cores): "
                + ", ".join(f"{k} {v:.2f}" for k, v in others.items())
@@ -687,11 +759,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.append("ours = this port (modeling.py, eager); HF = transformers BertForSequenceClassification / "
                "BertModel with attn_implementation=\"sdpa\"; same weights, same batches, runs alternated, medians")
     out.append("")
-    out.append("**1. matmul peak** (n = {}; GFLOP/s)".format(2048 if quick else 4096))
+    out.append(f"**1. matmul peak** (n = {2048 if quick else 4096}; GFLOP/s)")
     out.append("")
-    out.append(table(["fp32 torch.matmul", "bf16 torch.matmul", "bf16 operands via fp32 GEMM", "bf16 peak used for MFU"],
-                     [[f"{peaks['fp32']:.1f}", f"{peaks['bf16']:.1f}", f"{peaks['bf16_via_fp32']:.1f}",
-                       f"{bf16_peak:.1f}"]]))
+    out.append(table(["fp32 torch.matmul", "bf16 torch.matmul (the bf16 peak used for MFU)"],
+                     [[f"{peaks['fp32']:.1f}", f"{peaks['bf16']:.1f}"]]))
     out.append("")
 
     targets = []

@@ -13,9 +13,18 @@ import torch
 import torch.nn.functional as F
 
 import modeling
-from modeling import (BertConfig, BertForMultiTask, BertForMultipleChoice, BertForQuestionAnswering,
-                      BertForSequenceClassification, BertModel, CheckpointError, ConfigError,
-                      count_parameters, load_pretrained_weights)
+from checkpointing import load_pretrained_weights
+from errors import CheckpointError
+from modeling import (
+    BertConfig,
+    BertForMultipleChoice,
+    BertForMultiTask,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertModel,
+    ConfigError,
+    count_parameters,
+)
 
 SENTENCE_PAIRS = [
     ("The cat sat on the mat.", "A cat was sitting on a rug."),
@@ -299,14 +308,14 @@ def test_pal_projections_are_tied_across_layers_per_task():
     model = BertModel(config)
     state = model.state_dict()
     for task in range(config.num_tasks):
-        aliases = [f"encoder.layer.{l}.multi_layers.{task}.aug_dense.weight" for l in range(3)]
+        aliases = [f"encoder.layer.{n}.multi_layers.{task}.aug_dense.weight" for n in range(3)]
         aliases.append(f"encoder.mult_aug_dense.{task}.weight")
         assert len({state[key].data_ptr() for key in aliases}) == 1
     other = {state[f"encoder.mult_aug_dense.{t}.weight"].data_ptr() for t in range(config.num_tasks)}
     assert len(other) == config.num_tasks
     # the PAL attention is per layer and per task
-    queries = {state[f"encoder.layer.{l}.multi_layers.{t}.attn.query.weight"].data_ptr()
-               for l in range(3) for t in range(config.num_tasks)}
+    queries = {state[f"encoder.layer.{n}.multi_layers.{t}.attn.query.weight"].data_ptr()
+               for n in range(3) for t in range(config.num_tasks)}
     assert len(queries) == 3 * config.num_tasks
 
 
@@ -587,13 +596,13 @@ def test_adapter_model_keeps_init_for_missing_adapters_and_logs_one_line(minilm_
     torch.manual_seed(0)
     model = BertForMultiTask(config, [2, 1])
     adapter_before = model.bert.encoder.mult_aug_dense[1].weight.clone()
-    with caplog.at_level(logging.INFO, logger="modeling"):
+    with caplog.at_level(logging.INFO, logger="checkpointing"):
         report = load_pretrained_weights(model, minilm_dir)
     assert torch.equal(model.bert.encoder.mult_aug_dense[1].weight, adapter_before)
     assert any("classifier" in key for key in report.kept_init)
     assert all(modeling.is_task_specific(key) for key in report.kept_init)
     assert len(report.loaded) == len(BertModel(BertConfig.from_json_file(minilm_dir / "config.json")).state_dict())
-    lines = [r.getMessage() for r in caplog.records if r.name == "modeling"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "checkpointing"]
     assert len(lines) == 1 and "keep their initialisation" in lines[0]
 
 
