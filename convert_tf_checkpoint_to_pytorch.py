@@ -46,13 +46,10 @@ import torch
 import checkpointing
 import cli
 from errors import ConversionError
-from modeling import BertConfig, BertModel
+from modeling import ARCHITECTURE_FLAGS, BertConfig, BertModel
 
 logger = logging.getLogger("convert_tf_checkpoint_to_pytorch")
 
-# Config flags that add task-specific modules; switched off to get the plain BERT
-# whose weights a Google checkpoint holds.
-ADAPTER_FLAGS = ("mult", "pals", "houlsby", "top", "bert_lay_top", "lhuc")
 OPTIMIZER_SLOTS = ("adam_m", "adam_v")
 CLASSIFIER_VARIABLES = {"output_weights": "weight", "output_bias": "bias"}
 _LAYER_COMPONENT = re.compile(r"layer_(\d+)")
@@ -232,11 +229,11 @@ class ConversionResult:
 
 def bert_only_config(config: BertConfig) -> BertConfig:
     """The config without adapters: the model whose weights a Google checkpoint holds."""
-    adapters = [flag for flag in ADAPTER_FLAGS if getattr(config, flag)]
+    adapters = [flag for flag in ARCHITECTURE_FLAGS if getattr(config, flag)]
     if adapters:
         logger.info("config sets %s: adapters are not in TF checkpoints; converting the BERT "
                     "weights only (training initialises the adapters)", ", ".join(adapters))
-    return config.replace(**{flag: False for flag in ADAPTER_FLAGS})
+    return config.without_adapters()
 
 
 def convert_checkpoint(checkpoint: TFCheckpoint, config: BertConfig,

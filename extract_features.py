@@ -57,7 +57,6 @@ PAIR_PATTERN = re.compile(r"^(.*) \|\|\| (.*)$")
 CHUNK_BATCHES = 64  # length-grouping window: at most this many batches ...
 WINDOW_VALUES = 2 ** 26  # ... and at most this many buffered float32 values (256 MiB)
 DECIMALS = 6
-_TASK_MODULE_FLAGS = ("mult", "houlsby", "top", "lhuc")
 
 
 # --------------------------------------------------------------------------------------
@@ -192,11 +191,6 @@ def parse_layers(spec: str, num_layers: int) -> list[int]:
     return indexes
 
 
-def has_task_modules(config: BertConfig) -> bool:
-    """Whether the model's hidden states depend on the task index."""
-    return any(getattr(config, flag) for flag in _TASK_MODULE_FLAGS)
-
-
 def infer_num_tasks(state_dict: dict[str, torch.Tensor]) -> int | None:
     """Tasks in a multi-task checkpoint (highest per-task index + 1), or None if none.
 
@@ -209,7 +203,7 @@ def infer_num_tasks(state_dict: dict[str, torch.Tensor]) -> int | None:
 
 def resolve_task_id(task_id: int | None, config: BertConfig) -> int:
     if task_id is None:
-        if has_task_modules(config) and config.num_tasks > 1:
+        if config.has_task_modules and config.num_tasks > 1:
             raise UsageError(f"the checkpoint has {config.num_tasks} tasks with their own adapters; "
                              f"choose one with --task_id (0..{config.num_tasks - 1})")
         return 0
@@ -226,7 +220,7 @@ def load_model(config: BertConfig, checkpoint: str, task_id: int | None) -> tupl
     checkpoint lacks would write randomly initialised features, so it is refused.
     Returns the model in eval mode and the task index to run it with.
     """
-    if has_task_modules(config) or task_id is not None:
+    if config.has_task_modules or task_id is not None:
         num_tasks = infer_num_tasks(read_state_dict(checkpoint))
         if num_tasks is not None and num_tasks != config.num_tasks:
             logger.info("num_tasks = %d (from the checkpoint; the config says %d)", num_tasks, config.num_tasks)

@@ -81,6 +81,10 @@ _IGNORED_HF_KEYS = {
 }
 
 
+# The config flags that choose the architecture (see the module docstring).
+ARCHITECTURE_FLAGS = ("pals", "mult", "top", "lhuc", "houlsby", "bert_lay_top")
+
+
 @dataclass
 class BertConfig:
     """Configuration of BertModel and its adapters; every key of the original.
@@ -189,6 +193,15 @@ class BertConfig:
         return self.top and not self.bert_lay_top
 
     @property
+    def has_task_modules(self) -> bool:
+        """Whether any task-specific module sits in the encoder (beyond the heads)."""
+        return self.mult or self.houlsby or self.top or self.lhuc
+
+    def without_adapters(self) -> BertConfig:
+        """The same BERT with no task-specific module: what a pretrained checkpoint holds."""
+        return self.replace(**{flag: False for flag in ARCHITECTURE_FLAGS}, adapter=None)
+
+    @property
     def low_rank_width(self) -> int:
         return self.extra_dim if self.extra_dim else self.hidden_size_aug
 
@@ -210,7 +223,7 @@ class BertConfig:
             value = getattr(self, name)
             if not _is_number(value) or value <= 0:
                 raise ConfigError(f"'{name}' must be a positive number, got {value!r}")
-        for name in ("pals", "mult", "top", "lhuc", "houlsby", "bert_lay_top"):
+        for name in ARCHITECTURE_FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"'{name}' must be true or false, got {getattr(self, name)!r}")
         if self.hidden_act != "gelu":
