@@ -742,6 +742,23 @@ def init_bert_weights(module: nn.Module, initializer_range: float) -> None:
         module.bias.data.zero_()
 
 
+def standard_layer_norm_init(model: nn.Module) -> nn.Module:
+    """Set every LayerNorm to gamma 1, beta 0 (the usual init; ``--layer_norm_init standard``).
+
+    Call it before loading pretrained weights: LayerNorms the checkpoint holds are then
+    overwritten, and only the task-specific ones (adapters, modules on top) keep 1 and 0.
+    With the original init (gamma and beta ~ N(0, 0.02)) the attention blocks on top start
+    with outputs near zero and barely pass gradient to BERT, so short runs may not learn.
+    Returns ``model``.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, BERTLayerNorm):
+                module.gamma.fill_(1.0)
+                module.beta.zero_()
+    return model
+
+
 class _BertHead(nn.Module):
     """Shared plumbing of the heads: a ``bert`` trunk, the original initialisation and
     the speed kernels (``kernels``, keyword only in every head: see BertModel)."""

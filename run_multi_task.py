@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--fp16", action="store_true", help="float16 autocast with loss scaling (CUDA)")
     added.add_argument("--skip_nonfinite_loss", action="store_true",
                        help="skip a step whose loss is NaN/inf instead of stopping")
+    added.add_argument("--layer_norm_init", default="original", choices=training.LAYER_NORM_INITS,
+                       help="LayerNorms not loaded from the checkpoint (adapters, modules on top): the "
+                            "original's gamma, beta ~ N(0, 0.02), or 'standard' gamma 1, beta 0")
     added.add_argument("--no_plot", action="store_true")
     cli.add_debug_flag(added)
     return parser
@@ -236,7 +239,7 @@ def build_model_for_run(args, config: BertConfig, task_names: list[str]):
         if adapter_tasks != task_names:
             raise UsageError(f"--adapter_checkpoints hold tasks {adapter_tasks}, but --tasks gives {task_names}")
         return model
-    return training.build_model(config, task_names, args.init_checkpoint, args.freeze)
+    return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ import cli
 import glue
 import reports
 from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
-from modeling import BertConfig, BertForMultiTask
+from modeling import BertConfig, BertForMultiTask, standard_layer_norm_init
 from optimization import BERTAdam
 
 logger = logging.getLogger("run_multi_task")
@@ -239,11 +239,24 @@ def set_seed(seed: int) -> None:
 # Model and optimizers
 # --------------------------------------------------------------------------------------
 
+LAYER_NORM_INITS = ("original", "standard")
+
+
 def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: str | None,
-                freeze: bool) -> BertForMultiTask:
-    """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init)."""
+                freeze: bool, layer_norm_init: str = "original") -> BertForMultiTask:
+    """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init).
+
+    ``layer_norm_init`` "standard" starts the LayerNorms no checkpoint overwrites at
+    gamma 1, beta 0 instead of the original's N(0, 0.02) for both.
+    """
     config = config.replace(num_tasks=len(task_names))
     model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names])
+    if layer_norm_init == "standard":
+        standard_layer_norm_init(model)
+    elif config.top:
+        logger.warning("the modules on top start with the original LayerNorm init (gamma and beta ~ N(0, %g)): "
+                       "their outputs start near zero and short runs may not learn; "
+                       "--layer_norm_init standard starts them at gamma 1, beta 0", config.initializer_range)
     if init_checkpoint:
         checkpointing.load_pretrained_weights(model, init_checkpoint, log=logger)
     if freeze:

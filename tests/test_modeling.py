@@ -668,3 +668,33 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused or unreadable checkpoint"):
         load_pretrained_weights(BertModel(tiny_config()), path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("config_name", ["minilm_top_attn_config.json", "minilm_top_bert_layer_config.json"])
+def test_layer_norm_init_standard_sets_only_the_unloaded_layer_norms(repo_root, minilm_dir, config_name, caplog):
+    from safetensors.torch import load_file
+
+    import training
+
+    pretrained = load_file(str(minilm_dir / "model.safetensors"))
+    config = BertConfig.from_json_file(repo_root / "configs" / config_name)
+    model = training.build_model(config, ["sst", "rte"], str(minilm_dir), False, layer_norm_init="standard")
+    checked_top = checked_loaded = 0
+    for name, param in model.named_parameters():
+        if not name.endswith(("gamma", "beta")):
+            continue
+        hf_name = name[len("bert."):].replace("gamma", "weight").replace("beta", "bias")
+        if hf_name in pretrained:  # loaded from the checkpoint: the pretrained values
+            assert torch.equal(param.detach(), pretrained[hf_name]), name
+            checked_loaded += 1
+        else:  # task-specific: gamma 1, beta 0
+            assert torch.all(param == (1.0 if name.endswith("gamma") else 0.0)), name
+            checked_top += 1
+    assert checked_loaded == 2 * (1 + 2 * config.num_hidden_layers) and checked_top > 0
+
+    with caplog.at_level(logging.WARNING):
+        original = training.build_model(config, ["sst", "rte"], str(minilm_dir), False)
+    assert "--layer_norm_init standard" in caplog.text
+    top_gammas = torch.cat([p.detach().flatten() for n, p in original.named_parameters()
+                            if n.endswith("gamma") and n[len("bert."):].replace("gamma", "weight") not in pretrained])
+    assert top_gammas.abs().max() < 0.2 and 0.01 < top_gammas.std() < 0.03  # N(0, 0.02), the original's
