@@ -454,6 +454,9 @@ def _collate_labels(features, regression: bool) -> torch.Tensor | None:
     return torch.tensor(labels, dtype=dtype)
 
 
+MEGA_BATCHES = 50  # batches per mega-batch of the training order (transformers' group_by_length)
+
+
 def length_grouped_order(lengths: list[int], batch_size: int,
                          rng: np.random.Generator | None) -> list[int]:
     """An order of example indexes that puts similar lengths in the same batch.
@@ -461,10 +464,12 @@ def length_grouped_order(lengths: list[int], batch_size: int,
     Consecutive runs of batch_size indexes in the result are the batches.
     Without rng (inference): all indexes sorted by length, longest first (stable,
     so deterministic; the longest batch comes first so memory problems show at once).
-    With rng (training): shuffle, cut into mega-batches of 50 batches, sort each
-    by length, cut into batches, then shuffle the batches, so batches stay random
-    but need little padding. The one partial batch (if any) stays last, because
-    anywhere else it would shift the boundaries of every batch after it.
+    With rng (training), as transformers' ``group_by_length``: shuffle, cut into
+    mega-batches of 50 batches (fewer for small data, so that there are at least
+    four), sort each by length, cut into batches, then shuffle the batches, so
+    batches stay random but need little padding. The one partial batch (if any)
+    stays last, because anywhere else it would shift the boundaries of every batch
+    after it.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -472,15 +477,38 @@ def length_grouped_order(lengths: list[int], batch_size: int,
     if rng is None:
         return [int(i) for i in np.argsort(-lengths, kind="stable")]
     order = rng.permutation(len(lengths))
-    mega = batch_size * 50  # a multiple of batch_size: only the last chunk leaves a partial batch
+    # A multiple of batch_size: only the last chunk leaves a partial batch.
+    mega = batch_size * max(1, min(MEGA_BATCHES, len(lengths) // (4 * batch_size)))
     batches = []
     for start in range(0, len(order), mega):
         chunk = order[start:start + mega]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if not batches:
+        return []
     partial = [batches.pop()] if len(batches[-1]) < batch_size else []
     shuffled = [batches[b] for b in rng.permutation(len(batches))] + partial
     return [int(i) for batch in shuffled for i in batch]
+
+
+def length_grouped_pass(lengths: list[int], batch_size: int, rng: np.random.Generator,
+                        head: int = 0) -> np.ndarray:
+    """One training pass over all examples, length-grouped, for an endless stream of
+    passes cut into batches of batch_size.
+
+    When the stream's batch boundaries do not fall on the pass boundary, the pass's
+    first ``head`` examples complete a batch begun at the end of the previous pass:
+    they are drawn at random, and the rest is ``length_grouped_order`` (its partial
+    batch, if any, last: the start of the batch the next pass completes). So every
+    batch that lies inside the pass is length-grouped, and at most one batch per
+    pass, the one across the boundary, mixes lengths.
+    """
+    if not 0 <= head < batch_size:
+        raise ValueError(f"head must be in [0, {batch_size}), got {head}")
+    order = rng.permutation(len(lengths))
+    first, rest = order[:head], order[head:]
+    grouped = length_grouped_order(np.asarray(lengths)[rest], batch_size, rng)
+    return np.concatenate([first, rest[np.asarray(grouped, dtype=np.int64)]])
 
 
 # ---------------------------------------------------------------------------

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sample with the original's hard-coded task sizes instead of the data's")
     added.add_argument("--replicate_original", action="store_true",
                        help="reproduce the original's result-changing behaviour (see README)")
+    added.add_argument("--no_group_by_length", action="store_true",
+                       help="shuffle training batches plainly instead of grouping similar lengths "
+                            "(grouping is off under --replicate_original)")
     added.add_argument("--skip_unsampled_updates", action="store_true",
                        help="do not update a task's parameters on steps that drew another task")
     added.add_argument("--do_predict", action="store_true", help="write GLUE test-set submission files")
@@ -213,6 +216,7 @@ def settings_from_args(args, output_dir: Path, num_tasks: int) -> training.Train
         # What the original did differently, each switched on by --replicate_original:
         pad_to=args.max_seq_length if original else None,
         replay_first_pass=original,
+        group_by_length=not (args.no_group_by_length or original),
         select_by_original_sum=original,
         dropout_off_after_first_eval=original,
         use_original_sizes=args.original_sizes or original,

@@ -61,6 +61,7 @@ RESUME_INVARIANT_SETTINGS = {
     # --replicate_original sets several fields at once; replay_first_pass is true exactly under it.
     "--replicate_original": "replay_first_pass", "--original_sizes": "use_original_sizes",
     "--skip_unsampled_updates": "skip_unsampled_updates",
+    "length grouping (--no_group_by_length)": "group_by_length",
 }
 TRAINING_STATE_KEYS = ("model", "optimizers", "sampler", "streams", "global_step", "epoch", "step_in_epoch",
                        "best_score", "history", "probability_history", "epoch_losses", "dropout_disabled",
@@ -112,19 +113,27 @@ class BatchStream:
     the data, derived from (seed, task, pass) so no generator state is needed), cut
     into full batches. Every pass is reshuffled, and the state is one integer.
 
+    With ``lengths`` (one per example), each pass is length-grouped
+    (``glue.length_grouped_pass``): shuffled, sorted by length within mega-batches of
+    50 batches, batches shuffled, so a batch padded to its longest example carries
+    little padding. Only the batch that spans two passes mixes lengths.
+
     With ``replay_first_pass`` (the original's ``itertools.cycle``), the first pass's
     batches, the last one partial, are replayed in the same order forever.
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, task_id: int,
-                 replay_first_pass: bool = False):
+                 replay_first_pass: bool = False, lengths: Sequence[int] | None = None):
         if num_examples < 1:
             raise UsageError(f"task {task_id} has no training examples")
+        if lengths is not None and len(lengths) != num_examples:
+            raise ValueError(f"{len(lengths)} lengths for {num_examples} examples")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
         self.task_id = task_id
         self.replay_first_pass = replay_first_pass
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.batches_drawn = 0
         self._cached_pass: int | None = None
         self._cached_order: np.ndarray | None = None
@@ -132,7 +141,13 @@ class BatchStream:
     def _pass_order(self, pass_index: int) -> np.ndarray:
         if self._cached_pass != pass_index:
             rng = np.random.default_rng([self.seed, self.task_id, pass_index])
-            self._cached_order = rng.permutation(self.num_examples)
+            if self.lengths is None:
+                self._cached_order = rng.permutation(self.num_examples)
+            else:
+                # The pass starts at example position pass_index * num_examples of the
+                # stream; its first `head` examples complete the batch begun before it.
+                head = (-pass_index * self.num_examples) % self.batch_size
+                self._cached_order = glue.length_grouped_pass(self.lengths, self.batch_size, rng, head)
             self._cached_pass = pass_index
         return self._cached_order
 
@@ -405,7 +420,7 @@ def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings:
 class TrainingSettings:
     """What the training loop needs beyond the model and data (validated by the CLI).
 
-    The four fields after ``max_seq_length`` are what ``--replicate_original`` changes;
+    The five fields after ``max_seq_length`` are what ``--replicate_original`` changes;
     run_multi_task.py sets them once, and nothing else looks at that flag.
     """
 
@@ -423,6 +438,7 @@ class TrainingSettings:
     max_seq_length: int
     pad_to: int | None = None  # pad every batch to this length (the original: max_seq_length)
     replay_first_pass: bool = False  # the original's itertools.cycle over the first pass's batches
+    group_by_length: bool = True  # length-grouped training batches (the original: plain shuffling)
     select_by_original_sum: bool = False  # best model by the sum of per-batch metrics, not the GLUE average
     dropout_off_after_first_eval: bool = False  # the original's model.eval() that was never undone
     use_original_sizes: bool = False  # sample by the original's hard-coded task sizes
@@ -456,7 +472,9 @@ class Trainer:
         self.sampler = glue.TaskSampler(self.task_sizes(), settings.sample, settings.num_train_epochs, settings.seed)
         micro_batch = settings.train_batch_size // settings.gradient_accumulation_steps
         self.streams = [BatchStream(len(t.train), micro_batch, settings.seed, t.task_id,
-                                    replay_first_pass=settings.replay_first_pass) for t in tasks]
+                                    replay_first_pass=settings.replay_first_pass,
+                                    lengths=[len(f.input_ids) for f in t.train] if settings.group_by_length else None)
+                        for t in tasks]
         self.global_step = 0
         self.epoch = 0
         self.step_in_epoch = 0
