@@ -115,8 +115,8 @@ class BatchStream:
 
     With ``lengths`` (one per example), each pass is length-grouped
     (``glue.length_grouped_pass``): shuffled, sorted by length within mega-batches of
-    50 batches, batches shuffled, so a batch padded to its longest example carries
-    little padding. Only the batch that spans two passes mixes lengths.
+    up to 50 batches, batches shuffled, so a batch padded to its longest example
+    carries little padding. Only the batch that spans two passes mixes lengths.
 
     With ``replay_first_pass`` (the original's ``itertools.cycle``), the first pass's
     batches, the last one partial, are replayed in the same order forever.

@@ -53,13 +53,20 @@ def full_batch(batch: int, length: int, vocab_size: int) -> dict[str, torch.Tens
             "label_ids": torch.randint(0, 2, (batch,), generator=gen)}
 
 
+FIXED = (8, 1)  # (T, B) of the step whose peak memory counts as the fixed part (gradients, optimizer)
+
+
 def measure(points: list[tuple[int, int]], repeats: int) -> dict[tuple[int, int], bench.StepResult]:
+    """Every point's StepResult; the one at FIXED holds only memory (the part that does
+    not grow with the batch: gradients and the optimizer's temporaries)."""
     models = bench.classifier_models("minilm")
     optimizers = {}
     for name, model in models.items():
         model.train()
         optimizers[name] = bench.new_optimizer(model)
-    results = {}
+    tiny = full_batch(FIXED[1], FIXED[0], models["ours"].config.vocab_size)
+    results = {FIXED: bench.StepResult({}, {name: bench.peak_step_memory(
+        bench.make_step(models[name], name != "ours", tiny, "fp32", optimizers[name])) for name in NAMES})}
     for length, batch_size in points:
         batch = full_batch(batch_size, length, models["ours"].config.vocab_size)
         steps = {name: bench.make_step(models[name], name != "ours", batch, "fp32", optimizers[name])
@@ -77,25 +84,33 @@ def attention_mib(batch: int, length: int, heads: int = 12) -> float:
     return batch * heads * length * length * 4 / 2 ** 20
 
 
+def activations(results, length: int, batch: int, name: str) -> int | None:
+    """Peak memory of the step above the fixed part: what grows with the batch."""
+    peak, fixed = results[(length, batch)].memory.get(name), results[FIXED].memory.get(name)
+    return None if peak is None or fixed is None else peak - fixed
+
+
 def growth(results, length: int, batch: int, name: str) -> float | None:
-    """Peak memory at (length, batch) over that at (length / 2, batch)."""
-    half = results.get((length // 2, batch))
-    here = results[(length, batch)]
-    if half is None or not half.memory.get(name) or not here.memory.get(name):
+    """Activation memory at (length, batch) over that at (length / 2, batch)."""
+    if (length // 2, batch) not in results:
         return None
-    return here.memory[name] / half.memory[name]
+    here, half = activations(results, length, batch, name), activations(results, length // 2, batch, name)
+    return here / half if here and half else None
 
 
 def report(results, repeats: int, others: float, command: str) -> str:
     rows = []
+    fixed = results[FIXED].memory
     for (length, batch), r in results.items():
+        if (length, batch) == FIXED:
+            continue
         flags = []
         cells = [str(length), str(batch)]
         cells += [bench.spread(r.times[n]) for n in NAMES]
         cells.append(bench.spread(r.ratios("ours", r.fastest_hf()), "{:.2f}"))
         for name in NAMES:
             g = growth(results, length, batch, name)
-            cells.append(bench.fmt_mb(r.memory.get(name)) + ("" if g is None else f" (x{g:.1f})"))
+            cells.append(bench.fmt_mb(activations(results, length, batch, name)) + ("" if g is None else f" (x{g:.1f})"))
             if g is not None and g > 2.2:
                 flags.append(name.replace("hf_", "HF "))
         cells.append(f"{attention_mib(batch, length):,.0f}")
@@ -105,23 +120,27 @@ def report(results, repeats: int, others: float, command: str) -> str:
         f"command: `{command}`  ",
         f"machine: {bench.cpu_description()}; CPU used by other processes: {others:.2f} cores  ",
         "MiniLM (real weights), fp32, dropout 0.1, full batches (no padding), forward + backward + BERTAdam; "
-        f"seconds per step, median (min-max) of {repeats} rounds, runs alternated; peak MiB above what existed "
-        "before the step, (xN) = over the same batch at half the length (2 = linear in T); *[B,12,T,T] MiB*: "
-        "one fp32 attention-probability tensor per layer; *quadratic*: the sides whose peak more than "
-        "doubles (x > 2.2) when T doubles",
+        f"seconds per step, median (min-max) of {repeats} rounds, runs alternated; *activation MiB*: the peak "
+        "tensor memory of the step above what existed before it, less the part that does not grow with the "
+        f"batch (gradients, optimizer temporaries: the peak of a {FIXED[1]} x {FIXED[0]} step, ours "
+        f"{bench.fmt_mb(fixed.get('ours'))}, HF sdpa {bench.fmt_mb(fixed.get('hf_sdpa'))}, HF eager "
+        f"{bench.fmt_mb(fixed.get('hf_eager'))} MiB); (xN): over the same batch at half the length (2 = linear "
+        "in T); *[B,12,T,T] MiB*: one fp32 attention-probability tensor of one layer; *quadratic*: the sides "
+        "whose activation memory more than doubles (x > 2.2) when T doubles",
         "",
-        bench.table(["T", "B", "ours s", "HF sdpa s", "HF eager s", "ours/HF best", "ours MiB", "HF sdpa MiB",
-                     "HF eager MiB", "[B,12,T,T] MiB", "quadratic"], rows),
+        bench.table(["T", "B", "ours s", "HF sdpa s", "HF eager s", "ours/HF best", "ours activation MiB",
+                     "HF sdpa activation MiB", "HF eager activation MiB", "[B,12,T,T] MiB", "quadratic"], rows),
     ])
 
 
-def plot(results, path: Path) -> None:
+def plot(full, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
     styles = {"ours": "-", "hf_sdpa": "--", "hf_eager": ":"}
+    results = {k: v for k, v in full.items() if k != FIXED}
     batches = sorted({b for _, b in results})
     colors = dict(zip(batches, ["tab:blue", "tab:orange", "tab:green", "tab:red"]))
     for batch in batches:
@@ -130,11 +149,11 @@ def plot(results, path: Path) -> None:
             label = f"{name.replace('hf_', 'HF ')}, B={batch}"
             ax_time.plot(lengths, [results[(t, batch)].median(name) for t in lengths], styles[name],
                          color=colors[batch], marker="o", label=label)
-            memory = [results[(t, batch)].memory.get(name) for t in lengths]
+            memory = [activations(full, t, batch, name) for t in lengths]
             if all(memory):
                 ax_mem.plot(lengths, [m / 2 ** 20 for m in memory], styles[name], color=colors[batch], marker="o",
                             label=label)
-    for ax, title, unit in ((ax_time, "training step time", "seconds"), (ax_mem, "peak step memory", "MiB")):
+    for ax, title, unit in ((ax_time, "training step time", "seconds"), (ax_mem, "activation memory (peak less gradients)", "MiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sorted({t for t, _ in results}), [str(t) for t in sorted({t for t, _ in results})])
@@ -168,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"\nplot: {args.plot}")
     if args.json:
-        payload = {f"{t}x{b}": {"times": r.times, "memory": r.memory} for (t, b), r in results.items()}
+        payload = {f"T{t} B{b}": {"times": r.times, "memory": r.memory} for (t, b), r in results.items()}
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 
