@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  seed {seed} {variant}: GLUE average {best['glue_average']:.4f} (epoch {best['epoch']})",
                       flush=True)
     tasks = list(results["grouped"][0]["scores"])
-    print(f"\nDemo setting (demo.py flags), seeds {args.seeds}: best GLUE average per seed, then the mean "
-          "(min-max) of each task's score at the best epoch\n")
+    print(f"\nDemo setting (demo.py flags), seeds {args.seeds}: best GLUE average per seed, their mean and "
+          "spread, then each task's score at the best epoch, mean over the seeds\n")
     print("| batches | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean | spread (max-min) | "
           + " | ".join(tasks) + " |")
     print("|---|" + "---|" * (len(args.seeds) + 2 + len(tasks)))
