@@ -98,6 +98,16 @@ class OtherLoad:
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / max(wall1 - wall0, 1e-9))
 
 
+def wait_until_quiet(seconds: float, threshold: float = 0.2) -> None:
+    """Wait (up to ``seconds``) until other processes use under ``threshold`` cores for 10 s."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        meter = OtherLoad()
+        time.sleep(10)
+        if meter.cores() < threshold:
+            return
+
+
 def timed(fn: Callable[[], None]) -> float:
     start = time.perf_counter()
     fn()
@@ -244,6 +254,7 @@ def classifier_models(size: str, dropout: bool = True) -> dict[str, torch.nn.Mod
     if not dropout:
         config = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     ours = modeling.BertForSequenceClassification(config, 2)
+    modeling.standard_layer_norm_init(ours)  # BERT-base: LayerNorms at gamma 1, beta 0, as a trained BERT's
     if size == "minilm":
         checkpointing.load_pretrained_weights(ours, minilm_dir())
     models = {"ours": ours}
@@ -711,13 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     import transformers
 
-    if args.wait_quiet > 0:
-        deadline = time.time() + args.wait_quiet
-        while time.time() < deadline:
-            meter = OtherLoad()
-            time.sleep(10)
-            if meter.cores() < 0.2:
-                break
+    wait_until_quiet(args.wait_quiet)
     quick = args.quick
     repeats = max(3, args.repeats or (3 if quick else 5))
     large_repeats = max(3, args.repeats or 3)
