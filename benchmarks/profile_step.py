@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         kinds = [k for k, _ in KINDS] + ["other"]
         rows = []
         for kind in kinds:
-            cells = [f"{profiles[n][0].get(kind, 0.0):,.0f}" for n in names]
+            cells = [f"{profiles[n][0].get(kind, 0.0):,.0f} ({profiles[n][0].get(kind, 0.0) / profiles[n][2]:.0%})"
+                     for n in names]
             rows.append([kind, *cells])
         rows.append(["**total (self CPU ms)**", *[f"**{profiles[n][2]:,.0f}**" for n in names]])
-        print(f"\n{which}: self CPU milliseconds per step by kind of operator ({args.steps} steps profiled; "
-              "with 2 threads, CPU time can exceed wall time)\n")
+        print(f"\n{which}: self CPU milliseconds per step (share of the total) by kind of operator "
+              f"({args.steps} steps profiled; with 2 threads, CPU time can exceed wall time)\n")
         print(bench.table(["kind", *[n.replace("hf_", "HF ") for n in names]], rows))
         if args.top:
             for name in names:
