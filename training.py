@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 import checkpointing
 import cli
@@ -60,7 +60,10 @@ RESUME_INVARIANT_SETTINGS = {
     "--seed": "seed", "--max_seq_length": "max_seq_length", "--optim": "split_attention_optimizer",
     # --replicate_original sets several fields at once; replay_first_pass is true exactly under it.
     "--replicate_original": "replay_first_pass", "--original_sizes": "use_original_sizes",
-    "--skip_unsampled_updates": "skip_unsampled_updates",
+    "--skip_unsampled_updates": "skip_unsampled_updates", "--bf16": "bf16", "--fp16": "fp16",
+    "--do_lower_case": "do_lower_case", "--freeze": "freeze", "--layer_norm_init": "layer_norm_init",
+    # the files' contents, not their paths (a moved file is the same file)
+    "--vocab_file": "vocab_sha256", "--bert_config_file": "config_sha256",
 }
 TRAINING_STATE_KEYS = ("model", "optimizers", "sampler", "streams", "global_step", "epoch", "step_in_epoch",
                        "best_score", "history", "probability_history", "epoch_losses", "dropout_disabled",
@@ -94,15 +97,27 @@ def load_task_data(data_dir, task_names: Sequence[str], tokenizer, max_seq_lengt
                    with_train: bool, with_dev: bool) -> list[TaskData]:
     """Read and featurise the train and dev files of every task (eagerly, as the original)."""
     tasks = []
-    for task_id, name in enumerate(tqdm(task_names, desc="reading tasks", leave=False)):
-        data = TaskData(name=name, task_id=task_id)
-        if with_train:
-            data.train = featurise(data_dir, name, "train", tokenizer, max_seq_length)
-        if with_dev:
-            data.dev = {split: featurise(data_dir, name, split, tokenizer, max_seq_length)
-                        for split in data.spec.dev_splits}
-        tasks.append(data)
+    with cli.Progress(total=len(task_names), desc="reading tasks", unit="task") as progress:
+        for task_id, name in enumerate(task_names):
+            data = TaskData(name=name, task_id=task_id)
+            if with_train:
+                data.train = featurise(data_dir, name, "train", tokenizer, max_seq_length)
+            if with_dev:
+                data.dev = {split: featurise(data_dir, name, split, tokenizer, max_seq_length)
+                            for split in data.spec.dev_splits}
+            tasks.append(data)
+            progress.update(1, task=name)
     return tasks
+
+
+def unknown_token_fraction(features: Sequence[glue.InputFeatures], unk_id: int) -> float:
+    """The share of [UNK] among the real word pieces ([CLS] and [SEP] not counted)."""
+    pieces = unknown = 0
+    for feature in features:
+        specials = 3 if 1 in feature.segment_ids else 2  # [CLS] A [SEP] (B [SEP])
+        pieces += len(feature.input_ids) - specials
+        unknown += feature.input_ids.count(unk_id)
+    return unknown / pieces if pieces else 0.0
 
 
 class BatchStream:
@@ -340,8 +355,9 @@ def predict_features(model: BertForMultiTask, features: Sequence[glue.InputFeatu
     outputs = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not desc):
+    with torch.inference_mode(), cli.Progress(total=len(order), desc=desc, unit="example",
+                                              enabled=bool(desc)) as progress:
+        for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
             batch = glue.collate_features([features[i] for i in indices], pad_to=pad_to, regression=regression)
             with autocast_context(device, bf16, fp16):
@@ -349,6 +365,7 @@ def predict_features(model: BertForMultiTask, features: Sequence[glue.InputFeatu
                                batch["input_mask"].to(device), task_id)
             logits = logits.float().cpu()
             outputs[indices] = logits[:, 0].numpy() if regression else logits.argmax(dim=-1).numpy()
+            progress.update(len(indices))
     model.train(was_training)
     return outputs
 
@@ -435,6 +452,16 @@ class TrainingSettings:
     save_adapters: bool = True
     plot: bool = True
     keep_epoch_checkpoints: bool = False
+    keep_last_checkpoint: bool = False  # keep checkpoints/last.pt when the run finishes
+    logging_steps: int = 50  # a progress line in the log (and TensorBoard scalars) every N steps; 0: none
+    logging_dir: Path | None = None  # TensorBoard event files (torch.utils.tensorboard)
+    # Not used by the loop: how the model and its inputs were built, recorded in every
+    # checkpoint so that --resume refuses a run built differently.
+    do_lower_case: bool = False
+    freeze: bool = False
+    layer_norm_init: str = "original"
+    vocab_sha256: str = ""
+    config_sha256: str = ""
 
 
 class Trainer:
@@ -469,6 +496,12 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         self.nonfinite_steps_skipped = 0
         self._stop_signal: int | None = None
+        # What this session trained (over all ranks), for the log's throughput and summary.
+        self.examples_trained = 0
+        self.tokens_trained = 0  # real tokens, padding not counted
+        self._session: dict[str, Any] = {}
+        self._window: dict[str, Any] = {}
+        self.tensorboard = None  # a SummaryWriter while train() runs with --logging_dir (rank 0)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.ctx.distributed:
@@ -496,7 +529,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run (or continue) training; returns the best evaluation."""
         settings, ctx = self.settings, self.ctx
-        with self._signals_request_a_checkpoint():
+        self._start_session()
+        with self._signals_request_a_checkpoint(), self._tensorboard_writer():
             self.wrapped.train(not self.dropout_disabled)
             while self.epoch < settings.num_train_epochs:
                 if self.step_in_epoch == 0:  # a new epoch (not one resumed halfway)
@@ -504,8 +538,8 @@ class Trainer:
                     self.epoch_losses = self._empty_losses()
                     logger.info("epoch %d: task probabilities %s", self.epoch,
                                 ", ".join(f"{n} {p:.4f}" for n, p in zip(self.task_names, self.sampler.probs)))
-                with tqdm(total=settings.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                          disable=not ctx.is_main, dynamic_ncols=True) as progress:
+                with cli.Progress(total=settings.steps_per_epoch, initial=self.step_in_epoch, unit="step",
+                                  desc=f"epoch {self.epoch}", enabled=ctx.is_main) as progress:
                     while self.step_in_epoch < settings.steps_per_epoch:
                         # Every rank draws the same task: the sampler is seeded alike everywhere
                         # (the digest of the draws is compared across ranks at the end).
@@ -514,18 +548,128 @@ class Trainer:
                         loss = self.train_step(task_id)
                         self.step_in_epoch += 1
                         self.global_step += 1
-                        progress.update(1)
-                        progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
+                        progress.update(1, task=self.task_names[task_id], loss=f"{loss:.4f}")
+                        self._log_step(task_id, loss)
                         # A stop signal is agreed by all ranks, so that they save the same step.
                         stop_signal = ctx.all_reduce_int(self._stop_signal or 0, "max")
                         if stop_signal:
-                            raise StopRequested(stop_signal, checkpoint=self.save_checkpoint())
+                            checkpoint = self.save_checkpoint()
+                            raise StopRequested(stop_signal, checkpoint=checkpoint,
+                                                message=self._resume_hint(stop_signal, checkpoint))
                         every = settings.save_checkpoints_steps
                         if every > 0 and self.global_step % every == 0:
                             self.save_checkpoint()
                 self.end_epoch()
             self._check_ranks_drew_the_same_tasks()
+            self._finish()
         return reports.read_eval_results(settings.output_dir)
+
+    # ---- what the log says ----------------------------------------------------------
+
+    def _start_session(self) -> None:
+        now = time.monotonic()
+        self._session = {"start": now, "step": self.global_step, "examples": 0, "tokens": 0}
+        self._window = {"start": now, "steps": 0, "loss": 0.0, "examples": 0, "tokens": 0}
+        logger.info("training: %d steps (%d epochs of %d), %d examples per step, from step %d",
+                    self.t_total, self.settings.num_train_epochs, self.settings.steps_per_epoch,
+                    self.settings.train_batch_size, self.global_step)
+
+    def _log_step(self, task_id: int, loss: float) -> None:
+        """Every --logging_steps steps: one line in the log (step/total, task, loss,
+        examples/s, real tokens/s, elapsed, ETA) and the same scalars in TensorBoard."""
+        window = self._window
+        window["steps"] += 1
+        if math.isfinite(loss):
+            window["loss"] += loss
+        every = self.settings.logging_steps
+        if not every or self.global_step % every or not self.ctx.is_main:
+            return
+        now = time.monotonic()
+        seconds = max(now - window["start"], 1e-9)
+        examples_per_s = (self.examples_trained - window["examples"]) / seconds
+        tokens_per_s = (self.tokens_trained - window["tokens"]) / seconds
+        mean_loss = window["loss"] / window["steps"]
+        elapsed = now - self._session["start"]
+        steps_done = self.global_step - self._session["step"]
+        eta = (self.t_total - self.global_step) * elapsed / steps_done if steps_done else math.nan
+        logger.info("step %d/%d (epoch %d), task %s, loss %.4f (mean of the last %d steps %.4f), "
+                    "%.1f examples/s, %s real tokens/s, %s elapsed, ETA %s", self.global_step, self.t_total,
+                    self.epoch, self.task_names[task_id], loss, window["steps"], mean_loss, examples_per_s,
+                    f"{tokens_per_s:,.0f}", cli.format_duration(elapsed), cli.format_duration(eta))
+        if self.tensorboard is not None:
+            for name, value in (("train/loss", mean_loss), ("train/learning_rate", self.current_learning_rate()),
+                                ("train/examples_per_second", examples_per_s),
+                                ("train/real_tokens_per_second", tokens_per_s)):
+                self.tensorboard.add_scalar(name, value, self.global_step)
+        self._window = {"start": now, "steps": 0, "loss": 0.0, "examples": self.examples_trained,
+                        "tokens": self.tokens_trained}
+
+    def current_learning_rate(self) -> float:
+        """The scheduled learning rate of the shared parameters (the first optimizer)."""
+        return float(max(self.optimizers[0].get_lr()))
+
+    @contextlib.contextmanager
+    def _tensorboard_writer(self):
+        """With --logging_dir (on rank 0): a SummaryWriter for the duration of training."""
+        if self.settings.logging_dir is None or not self.ctx.is_main:
+            yield
+            return
+        summary_writer = tensorboard_summary_writer()
+        self.tensorboard = summary_writer(log_dir=str(self.settings.logging_dir))
+        try:
+            yield
+        finally:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+    def _write_evaluation_scalars(self, result: dict[str, Any], train_losses: dict[str, float | None]) -> None:
+        if self.tensorboard is None:
+            return
+        step = self.global_step
+        self.tensorboard.add_scalar("eval/glue_average", result["glue_average"], step)
+        for record in result["records"]:  # every metric, the task's score (and original_metric)
+            for name, value in record.items():
+                if name not in ("epoch", "global_step", "task", "split", "train_loss") and value is not None:
+                    self.tensorboard.add_scalar(f"eval/{record['task']}/{name}", value, step)
+        for name, loss in train_losses.items():
+            if loss is not None:
+                self.tensorboard.add_scalar(f"train/epoch_loss/{name}", loss, step)
+
+    def _finish(self) -> None:
+        """The end of a run: the summary in the log, and the training state marked
+        finished (checkpoints/last.pt removed unless --keep_last_checkpoint)."""
+        if not self.ctx.is_main:
+            return
+        output_dir = self.settings.output_dir
+        elapsed = time.monotonic() - self._session["start"]
+        steps = self.global_step - self._session["step"]
+        best = reports.read_eval_results(output_dir)
+        checkpointing.mark_training_finished(
+            output_dir, {"global_step": self.global_step, "epochs": self.epoch,
+                         "best_glue_average": best.get("glue_average"), "best_epoch": best.get("epoch")},
+            keep_last=self.settings.keep_last_checkpoint)
+        seconds = max(elapsed, 1e-9)
+        logger.info("training finished: step %d of %d after %d epochs; this session: %d steps, %d examples, "
+                    "%s real tokens in %s (%.2f steps/s, %.1f examples/s, %s real tokens/s)", self.global_step,
+                    self.t_total, self.epoch, steps, self.examples_trained, f"{self.tokens_trained:,}",
+                    cli.format_duration(elapsed), steps / seconds, self.examples_trained / seconds,
+                    f"{self.tokens_trained / seconds:,.0f}")
+        if best:
+            logger.info("best model: epoch %s (step %s), GLUE average %.4f; %s", best["epoch"], best["global_step"],
+                        best["glue_average"], ", ".join(f"{k} {v:.4f}" for k, v in best["scores"].items()))
+        last_losses = {name: self._mean_train_loss(name) for name in self.task_names}
+        logger.info("mean training loss per task in the last epoch: %s",
+                    ", ".join(f"{n} {v:.4f}" if v is not None else f"{n} -" for n, v in last_losses.items()))
+        if self.nonfinite_steps_skipped:
+            logger.info("%d step(s) with a non-finite loss were skipped", self.nonfinite_steps_skipped)
+        kept = ("checkpoints/last.pt kept (--keep_last_checkpoint)" if self.settings.keep_last_checkpoint
+                else "checkpoints/last.pt removed (--keep_last_checkpoint keeps it)")
+        logger.info("outputs in %s: %s in all; %s", output_dir,
+                    format_size(checkpointing.folder_size(output_dir)), kept)
+
+    def _resume_hint(self, signum: int, checkpoint: Path) -> str:
+        return (f"signal {signum} at step {self.global_step}; resume with --resume: "
+                f"run_multi_task.py --output_dir {self.settings.output_dir} --resume continues from {checkpoint}")
 
     def train_step(self, task_id: int) -> float:
         """One optimizer step on one task: forward and backward over the accumulation
@@ -537,7 +681,10 @@ class Trainer:
         for micro_step in range(accumulation):
             # Every rank draws the same global micro-batch and takes every world_size-th
             # example of it: together the ranks see each example once.
-            indices = self.streams[task_id].next_indices()[ctx.rank::ctx.world_size]
+            drawn = self.streams[task_id].next_indices()
+            self.examples_trained += len(drawn)
+            self.tokens_trained += sum(len(task.train[i].input_ids) for i in drawn)
+            indices = drawn[ctx.rank::ctx.world_size]
             batch = glue.collate_features([task.train[i] for i in indices], pad_to=settings.pad_to,
                                           regression=task.spec.is_regression)
             batch = {name: tensor.to(ctx.device) for name, tensor in batch.items()}
@@ -606,6 +753,7 @@ class Trainer:
                                     self.global_step, train_losses)
             self.history.extend(result["records"])
             self._save_if_best(result)
+            self._write_evaluation_scalars(result, train_losses)
         self.ctx.barrier()
         if self.settings.dropout_off_after_first_eval:
             self.dropout_disabled = True
@@ -615,6 +763,9 @@ class Trainer:
         if self.ctx.is_main:
             reports.write_epoch_reports(self.settings.output_dir, self.history, self.probability_history,
                                         self.task_names, plot=self.settings.plot)
+        finished = self.epoch >= self.settings.num_train_epochs
+        if finished and not (self.settings.keep_last_checkpoint or self.settings.keep_epoch_checkpoints):
+            return  # the run is done: a last.pt written now would be removed at once
         self.save_checkpoint(keep_epoch_copy=self.settings.keep_epoch_checkpoints)
 
     def _mean_train_loss(self, task_name: str) -> float | None:
@@ -701,9 +852,17 @@ class Trainer:
                              f"not {self.task_names}: resume with the same --tasks")
         saved_settings = state.get("settings") or {}
         for flag, mine in self.invariant_settings().items():
-            if flag in saved_settings and saved_settings[flag] != mine:
-                raise UsageError(f"{source} was trained with {flag} {saved_settings[flag]}, this run has "
-                                 f"{mine}: resume with the checkpoint's settings")
+            if flag not in saved_settings or saved_settings[flag] == mine:
+                continue  # (a checkpoint of an older version may lack a setting)
+            theirs = saved_settings[flag]
+            if RESUME_INVARIANT_SETTINGS[flag].endswith("_sha256"):
+                raise UsageError(f"{source} was trained with another {flag} (content sha256 {str(theirs)[:12]}), "
+                                 f"this run's has sha256 {str(mine)[:12]}: resume with the file the run started with")
+            if isinstance(mine, bool):
+                raise UsageError(f"{source} was trained {'with' if theirs else 'without'} {flag}, this run "
+                                 f"{'has' if mine else 'lacks'} it: resume with the checkpoint's settings")
+            raise UsageError(f"{source} was trained with {flag} {theirs}, this run has "
+                             f"{mine}: resume with the checkpoint's settings")
         checkpointing.check_state_dict(state["model"], self.model.state_dict(), source, what="model tensor")
         self.model.load_state_dict(state["model"])
         try:
@@ -733,6 +892,8 @@ class Trainer:
         if not 0 <= self.step_in_epoch <= self.settings.steps_per_epoch:
             raise UsageError(f"{source} stopped at step {self.step_in_epoch} of an epoch, but "
                              f"--steps_per_epoch is {self.settings.steps_per_epoch}")
+        if self.epoch >= self.settings.num_train_epochs:
+            raise UsageError(already_finished_message(self.settings.output_dir, self.global_step, self.epoch))
         self.wrapped.train(not self.dropout_disabled)
         self.last_checkpoint_step = self.global_step
         logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
@@ -745,13 +906,42 @@ class Trainer:
         A second signal stops at once (the last checkpoint is kept)."""
         def request_stop(signum, _frame):
             if self._stop_signal is not None:
-                logger.warning("signal %d again: stopping now; --resume continues from the last checkpoint",
-                               signum)
-                raise StopRequested(signum)
+                if self.last_checkpoint_step is None:
+                    raise StopRequested(signum, message=(
+                        f"signal {signum} again, before the first checkpoint: nothing can be resumed; "
+                        f"start the run again (with --overwrite_output_dir)"))
+                checkpoint = checkpointing.training_checkpoint_path(self.settings.output_dir)
+                raise StopRequested(signum, checkpoint=checkpoint, message=(
+                    f"signal {signum} again: stopped at once; resume with --resume, which continues from the "
+                    f"last checkpoint (step {self.last_checkpoint_step}, {checkpoint})"))
             self._stop_signal = signum
-            logger.warning("signal %d: saving a checkpoint after this step", signum)
+            logger.warning("signal %d: saving a checkpoint after this step (a second signal stops at once)", signum)
 
         return cli.on_stop_signals(request_stop)
+
+
+def already_finished_message(output_dir: Path, global_step: int, epochs: int) -> str:
+    best = Path(output_dir) / checkpointing.BEST_MODEL_FILE
+    return (f"{output_dir}: this run already finished (step {global_step}, {epochs} epochs): nothing to resume; "
+            f"to train further, start a new run from its best model (--init_checkpoint {best})")
+
+
+def format_size(size: int) -> str:
+    """Bytes in the unit a person reads: 812 KB, 94.1 MB, 2.47 GB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}" if size < 100 * scale else f"{size / scale:.0f} {unit}"
+    return f"{size} bytes"
+
+
+def tensorboard_summary_writer():
+    """``torch.utils.tensorboard.SummaryWriter``, or a UsageError saying how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UsageError(f"--logging_dir writes TensorBoard event files, which needs the tensorboard package "
+                         f"(pip install tensorboard): {err}") from None
+    return SummaryWriter
 
 
 # --------------------------------------------------------------------------------------
