@@ -41,7 +41,6 @@ from typing import Any, TextIO
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import checkpointing
 import cli
@@ -417,7 +416,7 @@ def atomic_text_output(path: str) -> Iterator[TextIO]:
 def extract_features(model: torch.nn.Module, examples: Iterable[InputExample], tokenizer, stream: TextIO,
                      layer_indexes: Sequence[int], max_seq_length: int, batch_size: int,
                      device: torch.device, task_id: int = 0, bf16: bool = False,
-                     progress: tqdm | None = None, hidden_size: int = 768) -> int:
+                     progress: cli.Progress | None = None, hidden_size: int = 768) -> int:
     """Encode every example and write its JSON line in input order. Returns lines written."""
     writer = OrderedLineWriter(stream, render=lambda result: format_example(*result, layer_indexes))
     features = (convert_example(example, tokenizer, max_seq_length) for example in examples)
@@ -438,18 +437,19 @@ def extract_features(model: torch.nn.Module, examples: Iterable[InputExample], t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--input_file", required=True, help="UTF-8 text, one example per line ('A ||| B' for a pair)")
     parser.add_argument("--vocab_file", required=True, help="WordPiece vocabulary of the model")
     parser.add_argument("--output_file", required=True, help="JSON lines, one per input line")
     parser.add_argument("--bert_config_file", required=True, help="config of the model (may set adapters)")
     parser.add_argument("--init_checkpoint", required=True,
                         help="weights: converted TF, Hugging Face folder/file, or a multi-task checkpoint")
-    parser.add_argument("--layers", default="-1,-2,-3,-4",
-                        help="comma-separated layer indexes, -1 = last; write negative lists as --layers=-1,-2")
-    parser.add_argument("--max_seq_length", type=int, default=128,
-                        help="longer examples are truncated (pairs: the longer sentence first)")
+    parser.add_argument("--layers",
+                        help=f"comma-separated layer indexes, -1 = last; write negative lists as --layers=-1,-2 "
+                             f"(default: {DEFAULT_LAYERS}, or every layer of a model with fewer)")
+    parser.add_argument("--max_seq_length", type=int,
+                        help=f"longer examples are truncated (pairs: the longer sentence first) (default: "
+                             f"{DEFAULT_MAX_SEQ_LENGTH}, or max_position_embeddings of a model with fewer)")
     parser.add_argument("--do_lower_case", action="store_true", default=True,
                         help="lower-case and strip accents (the default; for uncased models)")
     parser.add_argument("--no_do_lower_case", "--no-do_lower_case", dest="do_lower_case", action="store_false",
@@ -465,6 +465,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_LAYERS = "-1,-2,-3,-4"
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
+def resolve_defaults(args: argparse.Namespace, config: BertConfig) -> tuple[str, int]:
+    """--layers and --max_seq_length, the defaults fitted to a small model with a warning
+    (values given on the command line are taken as they are, and checked)."""
+    layers, max_seq_length = args.layers, args.max_seq_length
+    if layers is None:
+        available = min(4, config.num_hidden_layers)
+        layers = ",".join(str(-k) for k in range(1, available + 1))
+        if available < 4:
+            logger.warning("the model has %d layers: writing layers %s instead of the default %s",
+                           config.num_hidden_layers, layers, DEFAULT_LAYERS)
+    if max_seq_length is None:
+        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_position_embeddings)
+        if max_seq_length < DEFAULT_MAX_SEQ_LENGTH:
+            logger.warning("the model has %d positions (max_position_embeddings): --max_seq_length %d instead "
+                           "of the default %d", config.max_position_embeddings, max_seq_length,
+                           DEFAULT_MAX_SEQ_LENGTH)
+    return layers, max_seq_length
+
+
 def check_arguments(args: argparse.Namespace, config_max_positions: int) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -472,22 +495,40 @@ def check_arguments(args: argparse.Namespace, config_max_positions: int) -> None
         raise UsageError(f"--max_seq_length must be at least 3 ([CLS] A [SEP] B [SEP]), got {args.max_seq_length}")
     if args.max_seq_length > config_max_positions:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is larger than max_position_embeddings "
-                         f"({config_max_positions}) of {args.bert_config_file}")
+                         f"({config_max_positions}) of {args.bert_config_file}: use --max_seq_length "
+                         f"{config_max_positions} or less")
+
+
+def check_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, args: argparse.Namespace) -> None:
+    """Ids beyond the embedding table are an error; another size or a casing that
+    disagrees with lower-casing is a warning."""
+    largest_id = max(tokenizer.vocab.values())
+    if largest_id >= config.vocab_size:
+        raise ConfigError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
+                         f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
+                         f"belong to this model")
+    if len(tokenizer.vocab) != config.vocab_size:
+        logger.warning("%s has %d entries but vocab_size in %s is %d: is it the vocabulary of this model?",
+                       args.vocab_file, len(tokenizer.vocab), args.bert_config_file, config.vocab_size)
+    casing = tokenization.vocabulary_casing(tokenizer.vocab)
+    if casing == "uncased" and not args.do_lower_case:
+        logger.warning("%s looks uncased (no capital letters) but --no_do_lower_case keeps case: capitalised "
+                       "words will become [UNK] or odd pieces", args.vocab_file)
+    elif casing == "cased" and args.do_lower_case:
+        logger.warning("%s looks cased (it has capitalised words) but lower-casing is on (the default): add "
+                       "--no_do_lower_case for a cased model", args.vocab_file)
 
 
 def run(args: argparse.Namespace) -> int:
     config = BertConfig.from_json_file(args.bert_config_file)
+    args.layers, args.max_seq_length = resolve_defaults(args, config)
     check_arguments(args, config.max_position_embeddings)
     layer_indexes = parse_layers(args.layers, config.num_hidden_layers)
     num_examples = count_examples(args.input_file)  # fails on a bad line before any model work
     if num_examples == 0:
         raise DataError(f"{args.input_file}: input file is empty: nothing to extract")
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
-    largest_id = max(tokenizer.vocab.values())
-    if largest_id >= config.vocab_size:
-        raise ConfigError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
-                         f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
-                         f"belong to this model")
+    check_vocabulary(tokenizer, config, args)
     model, task_id = load_model(config, args.init_checkpoint, args.task_id)
     device = select_device(args.no_cuda, args.local_rank)
     model.to(device)
@@ -495,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
         model = torch.nn.DataParallel(model)
     logger.info("device: %s, bf16: %s, task: %d, %d examples", device, args.bf16, task_id, num_examples)
     with atomic_text_output(args.output_file) as stream, \
-            tqdm(total=num_examples, unit="lines", desc="extracting") as progress:
+            cli.Progress(total=num_examples, unit="line", desc="extracting") as progress:
         written = extract_features(model, read_examples(args.input_file), tokenizer, stream, layer_indexes,
                                    args.max_seq_length, args.batch_size, device, task_id, args.bf16, progress,
                                    hidden_size=config.hidden_size)

@@ -59,31 +59,46 @@ def write_epoch_reports(output_dir: Path, history: Sequence[dict[str, Any]],
 
 def plot_training_curves(history: Sequence[dict[str, Any]], probabilities: Sequence[Sequence[float]],
                          task_names: Sequence[str], path: Path) -> None:
-    """Dev score per task per epoch (left) and sampling probabilities per epoch (right)."""
+    """training_curves.png: see ``training_curves_figure``."""
+    import matplotlib.pyplot as plt
+
+    figure = training_curves_figure(history, probabilities, task_names)
+    with checkpointing.atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+
+
+def training_curves_figure(history: Sequence[dict[str, Any]], probabilities: Sequence[Sequence[float]],
+                           task_names: Sequence[str]):
+    """Three panels per epoch: the dev score of each task (MCC and Pearson can go below
+    0), each task's mean training loss, and the task sampling probabilities."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {name: plt.cm.tab10(index % 10) for index, name in enumerate(task_names)}
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (scores, losses, sampling) = plt.subplots(1, 3, figsize=(17, 4.5))
     for key in dict.fromkeys(r["task"] for r in history):
         points = [(r["epoch"], r["score"]) for r in history if r["task"] == key]
         task = "mnli" if key == "mnli-mm" else key  # MNLI mismatched: dashed, MNLI's colour
-        left.plot([e for e, _ in points], [s for _, s in points], marker="o", label=key,
-                  color=colours.get(task), linestyle="--" if key == "mnli-mm" else "-")
-    left.set(title="dev score per task", xlabel="epoch", ylabel="score (0-1)")
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8)
+        scores.plot([e for e, _ in points], [s for _, s in points], marker="o", label=key,
+                    color=colours.get(task), linestyle="--" if key == "mnli-mm" else "-")
+    scores.set(title="dev score per task", xlabel="epoch", ylabel="score (-1 to 1)")
+    for name in task_names:  # one training loss per task and epoch (the mnli-mm record repeats mnli's)
+        points = [(r["epoch"], r["train_loss"]) for r in history
+                  if r["task"] == name and r.get("train_loss") is not None]
+        if points:
+            losses.plot([e for e, _ in points], [v for _, v in points], marker="o", label=name, color=colours[name])
+    losses.set(title="mean training loss per task", xlabel="epoch", ylabel="loss")
     probs = np.asarray(probabilities)
     if probs.size:
         for index, name in enumerate(task_names):
-            right.plot(range(len(probs)), probs[:, index], marker=".", label=name, color=colours[name])
-    for axis in (left, right):
+            sampling.plot(range(len(probs)), probs[:, index], marker=".", label=name, color=colours[name])
+    sampling.set(title="task sampling probability", xlabel="epoch", ylabel="probability")
+    for axis in (scores, losses, sampling):
         axis.xaxis.get_major_locator().set_params(integer=True)
-    right.set(title="task sampling probability", xlabel="epoch", ylabel="probability")
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     figure.tight_layout()
-    with checkpointing.atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
+    return figure

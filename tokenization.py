@@ -472,3 +472,42 @@ def _check_special_tokens(vocab, vocab_file):
     for token in REQUIRED_SPECIAL_TOKENS:
         if token not in vocab:
             raise VocabError(f"vocabulary file {vocab_file} has no {token} token")
+
+
+# The share of words holding a capital letter: bert-base-uncased has 2 in about 28,000
+# (the symbol ℝ); a cased vocabulary has thousands (names, sentence starts).
+UNCASED_AT_MOST = 0.001
+CASED_AT_LEAST = 0.02
+CASING_MIN_WORDS = 100
+
+
+def vocabulary_casing(vocab):
+    """Whether a vocabulary was built from lower-cased text.
+
+    Args:
+        vocab: tokens (a loaded vocabulary or any iterable of tokens).
+
+    Returns:
+        ``"uncased"`` when (almost) no word has a capital letter, ``"cased"`` when many
+        do, ``None`` when it cannot tell (fewer than 100 words with letters, or in
+        between). Bracketed special tokens ([CLS], [unused0]) do not count; ``##``
+        continuation pieces count as words.
+    """
+    with_capital = with_letters = 0
+    for token in vocab:
+        if token.startswith("[") and token.endswith("]"):
+            continue
+        word = token[2:] if token.startswith("##") else token
+        if any(char.isupper() for char in word):
+            with_capital += 1
+            with_letters += 1
+        elif any(char.islower() for char in word):
+            with_letters += 1
+    if with_letters < CASING_MIN_WORDS:
+        return None
+    share = with_capital / with_letters
+    if share <= UNCASED_AT_MOST:
+        return "uncased"
+    if share >= CASED_AT_LEAST:
+        return "cased"
+    return None
