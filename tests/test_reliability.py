@@ -140,7 +140,7 @@ def trained_run(tmp_path_factory, glue_dir, small_vocab):
     config = write_json(folder / "tiny_config.json", tiny_config_dict(small_vocab))
     out = folder / "out"
     argv = ["--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", small_vocab,
-            "--output_dir", out, *mtl_common()]
+            "--output_dir", out, *mtl_common(), "--keep_last_checkpoint"]
     assert run_multi_task.main([str(a) for a in argv]) == 0
     return out, config
 
@@ -1042,7 +1042,7 @@ def kill_run_args(glue_dir, config, vocab, output_dir, *extra):
         "--tasks", "cola,sts,mnli", "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "8",
         "--eval_batch_size", "32", "--seed", "11", "--no_plot", "--do_train", "--do_eval", "--sample", "anneal",
         "--num_train_epochs", EPOCHS, "--steps_per_epoch", STEPS_PER_EPOCH, "--learning_rate", "1e-3",
-        "--save_checkpoints_steps", CHECKPOINT_EVERY, "--no_save_adapters", *extra]]
+        "--save_checkpoints_steps", CHECKPOINT_EVERY, "--no_save_adapters", "--keep_last_checkpoint", *extra]]
 
 
 def run_script(args, **kwargs):
@@ -1140,7 +1140,7 @@ def nan_run_args(glue_dir, config, vocab, output_dir, *extra):
         "--tasks", "cola,sts,mnli", "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "8",
         "--eval_batch_size", "32", "--seed", "5", "--no_plot", "--do_train", "--do_eval", "--sample", "rr",
         "--num_train_epochs", "3", "--steps_per_epoch", "4", "--learning_rate", "1e-3",
-        "--save_checkpoints_steps", "0", *extra]]
+        "--save_checkpoints_steps", "0", "--keep_last_checkpoint", *extra]]
 
 
 def inject_nan_loss_at_step(monkeypatch, step: int) -> None:
