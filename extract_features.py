@@ -501,22 +501,15 @@ def check_arguments(args: argparse.Namespace, config_max_positions: int) -> None
 
 def check_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, args: argparse.Namespace) -> None:
     """Ids beyond the embedding table are an error; another size or a casing that
-    disagrees with lower-casing is a warning."""
+    disagrees with lower-casing is a warning (tokenization.vocabulary_warnings)."""
     largest_id = max(tokenizer.vocab.values())
     if largest_id >= config.vocab_size:
         raise ConfigError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
                          f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
                          f"belong to this model")
-    if len(tokenizer.vocab) != config.vocab_size:
-        logger.warning("%s has %d entries but vocab_size in %s is %d: is it the vocabulary of this model?",
-                       args.vocab_file, len(tokenizer.vocab), args.bert_config_file, config.vocab_size)
-    casing = tokenization.vocabulary_casing(tokenizer.vocab)
-    if casing == "uncased" and not args.do_lower_case:
-        logger.warning("%s looks uncased (no capital letters) but --no_do_lower_case keeps case: capitalised "
-                       "words will become [UNK] or odd pieces", args.vocab_file)
-    elif casing == "cased" and args.do_lower_case:
-        logger.warning("%s looks cased (it has capitalised words) but lower-casing is on (the default): add "
-                       "--no_do_lower_case for a cased model", args.vocab_file)
+    for problem in tokenization.vocabulary_warnings(tokenizer.vocab, config.vocab_size, args.do_lower_case):
+        logger.warning("%s %s (%s)", args.vocab_file, problem,
+                       "--no_do_lower_case keeps case" if not args.do_lower_case else "lower-casing is the default")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -341,20 +341,12 @@ def check_vocab_fits(tokenizer: tokenization.FullTokenizer, config: BertConfig, 
                           f"{config.vocab_size}: the vocabulary does not belong to this model")
 
 
-def warn_about_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file, config_file,
+def warn_about_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file,
                           do_lower_case: bool) -> None:
-    """Mistakes that would otherwise pass silently: a vocabulary of another size than the
-    model's, and lower-casing that disagrees with the vocabulary's casing."""
-    if len(tokenizer.vocab) != config.vocab_size:
-        logger.warning("%s has %d entries but vocab_size in %s is %d: is it the vocabulary of this model?",
-                       vocab_file, len(tokenizer.vocab), config_file, config.vocab_size)
-    casing = tokenization.vocabulary_casing(tokenizer.vocab)
-    if casing == "uncased" and not do_lower_case:
-        logger.warning("%s looks uncased (no capital letters) but --do_lower_case is off: capitalised words "
-                       "will become [UNK] or odd pieces; add --do_lower_case", vocab_file)
-    elif casing == "cased" and do_lower_case:
-        logger.warning("%s looks cased (it has capitalised words) but --do_lower_case is on: the model will "
-                       "never see a capital letter; leave out --do_lower_case for a cased model", vocab_file)
+    """A vocabulary of another size than the model's, and lower-casing that disagrees
+    with the vocabulary's casing (--do_lower_case), pass silently otherwise."""
+    for problem in tokenization.vocabulary_warnings(tokenizer.vocab, config.vocab_size, do_lower_case):
+        logger.warning("%s %s (--do_lower_case is %s)", vocab_file, problem, "on" if do_lower_case else "off")
 
 
 UNKNOWN_TOKEN_WARNING = 0.05  # warn when more than this share of the training word pieces is [UNK]
@@ -492,7 +484,7 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
     config = load_config(args, len(task_names))
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
     check_vocab_fits(tokenizer, config, args.vocab_file, args.bert_config_file)
-    warn_about_vocabulary(tokenizer, config, args.vocab_file, args.bert_config_file, args.do_lower_case)
+    warn_about_vocabulary(tokenizer, config, args.vocab_file, args.do_lower_case)
     logger.info("tasks: %s; device %s; %d process(es)", ", ".join(task_names), ctx.device, ctx.world_size)
 
     if args.do_train or args.do_eval:

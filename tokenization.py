@@ -511,3 +511,29 @@ def vocabulary_casing(vocab):
     if share >= CASED_AT_LEAST:
         return "cased"
     return None
+
+
+def vocabulary_warnings(vocab, vocab_size, do_lower_case):
+    """Mismatches between a vocabulary, the model and lower-casing that would otherwise
+    pass silently (each a phrase to follow the vocabulary file's name).
+
+    Args:
+        vocab: the loaded vocabulary.
+        vocab_size: the model's ``vocab_size``.
+        do_lower_case: whether the text is lower-cased.
+
+    Returns:
+        A list of phrases, empty when everything agrees.
+    """
+    found = []
+    if len(vocab) != vocab_size:
+        found.append(f"has {len(vocab)} entries but the model's vocab_size is {vocab_size}: is it the "
+                     f"vocabulary of this model?")
+    casing = vocabulary_casing(vocab)
+    if casing == "uncased" and not do_lower_case:
+        found.append("looks uncased (no capital letters) but lower-casing is off: capitalised words will "
+                     "become [UNK] or odd pieces")
+    elif casing == "cased" and do_lower_case:
+        found.append("looks cased (it has capitalised words) but lower-casing is on: the model will never "
+                     "see a capital letter")
+    return found

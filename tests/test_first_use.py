@@ -420,7 +420,7 @@ def test_a_vocabulary_that_does_not_fit_is_warned_about(tmp_path, glue_dir, smal
     assert run_multi_task.main(run_args(glue_dir, config_file, vocab, out)) == 0
     log = (out / "train.log").read_text()
     size = len(small_vocab.read_text(encoding="utf-8").splitlines())
-    assert f"{vocab} has 15 entries but vocab_size in {config_file} is {size}" in log
+    assert f"{vocab} has 15 entries but the model's vocab_size is {size}" in log
     # the share of [UNK], counted here from the data with the tokenizer itself
     tokenizer = tokenization.FullTokenizer(str(vocab), do_lower_case=True)
     for task in ("cola", "sts"):
@@ -440,13 +440,13 @@ def test_lower_casing_that_disagrees_with_the_vocabulary_is_warned_about(tmp_pat
     args = run_args(glue_dir, config_file, small_vocab, tmp_path / "a")
     args.remove("--do_lower_case")
     assert run_multi_task.main(args) == 0
-    assert "looks uncased (no capital letters) but --do_lower_case is off" in (tmp_path / "a" / "train.log").read_text()
+    assert "looks uncased (no capital letters) but lower-casing is off" in (tmp_path / "a" / "train.log").read_text()
     cased = tmp_path / "cased_vocab.txt"
     cased.write_text("\n".join(SPECIAL_TOKENS + demo_words(glue_dir, lower_case=False)) + "\n", encoding="utf-8")
     config = tiny_config(tmp_path / "cased_config.json", cased)
     assert run_multi_task.main(run_args(glue_dir, config, cased, tmp_path / "b")) == 0
     log = (tmp_path / "b" / "train.log").read_text()
-    assert "looks cased (it has capitalised words) but --do_lower_case is on" in log
+    assert "looks cased (it has capitalised words) but lower-casing is on" in log
     assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, tmp_path / "c")) == 0
     log = (tmp_path / "c" / "train.log").read_text()
     assert "looks uncased" not in log and "looks cased" not in log  # agreeing: no warning
@@ -646,7 +646,8 @@ def test_extract_features_warns_when_lower_casing_disagrees_with_the_vocabulary(
         "--input_file", tmp_path / "in.txt", "--output_file", tmp_path / "out.jsonl", "--vocab_file", small_vocab,
         "--bert_config_file", config, "--init_checkpoint", tmp_path / "bert.bin", "--max_seq_length", "16",
         "--no_do_lower_case"]]) == 0
-    assert "looks uncased (no capital letters) but --no_do_lower_case keeps case" in caplog.text
+    assert "looks uncased (no capital letters) but lower-casing is off" in caplog.text
+    assert "(--no_do_lower_case keeps case)" in caplog.text
 
 
 def test_unknown_token_fraction_counts_word_pieces_only():
