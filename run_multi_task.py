@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def flags_given(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
-    """The destinations of the flags written on the command line (not left at their default)."""
+    """The destinations of the flags written on the command line (not left at their
+    default): ``argv`` parsed again by a copy of the parser's options whose defaults are
+    suppressed, so only what was written appears."""
     probe = argparse.ArgumentParser(add_help=False)
     for action in parser._actions:
         if action.option_strings and action.dest != "help":
@@ -260,8 +262,9 @@ def validate_args(args: argparse.Namespace) -> None:
 # The folders of --output_dir this script writes files in.
 SUBMISSION_DIR = "submission"
 RUN_FOLDERS = (".", checkpointing.TRAINING_CHECKPOINT_DIR, checkpointing.ADAPTER_DIR, SUBMISSION_DIR)
-# What a run that failed on bad input leaves behind: not results, so not "busy".
-NOT_RESULTS = ("train.log", cli.OutputDirLock.FILE_NAME)
+# What a run that failed on bad input (or was stopped before its first checkpoint)
+# leaves behind: not results, so not "busy".
+NOT_RESULTS = ("train.log", cli.OutputDirLock.FILE_NAME, checkpointing.ARGS_FILE)
 # What a training run writes, and --overwrite_output_dir removes first (train.log stays).
 RUN_OUTPUT_FILES = (checkpointing.BEST_MODEL_FILE, checkpointing.CONFIG_FILE, checkpointing.VOCAB_FILE,
                     checkpointing.TASKS_FILE, checkpointing.ARGS_FILE, reports.EVAL_RESULTS_FILE,

@@ -568,7 +568,7 @@ class Trainer:
 
     def _start_session(self) -> None:
         now = time.monotonic()
-        self._session = {"start": now, "step": self.global_step, "examples": 0, "tokens": 0}
+        self._session = {"start": now, "step": self.global_step}
         self._window = {"start": now, "steps": 0, "loss": 0.0, "examples": 0, "tokens": 0}
         logger.info("training: %d steps (%d epochs of %d), %d examples per step, from step %d",
                     self.t_total, self.settings.num_train_epochs, self.settings.steps_per_epoch,
@@ -909,7 +909,7 @@ class Trainer:
                 if self.last_checkpoint_step is None:
                     raise StopRequested(signum, message=(
                         f"signal {signum} again, before the first checkpoint: nothing can be resumed; "
-                        f"start the run again (with --overwrite_output_dir)"))
+                        f"start the run again"))
                 checkpoint = checkpointing.training_checkpoint_path(self.settings.output_dir)
                 raise StopRequested(signum, checkpoint=checkpoint, message=(
                     f"signal {signum} again: stopped at once; resume with --resume, which continues from the "

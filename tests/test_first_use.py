@@ -287,6 +287,8 @@ def test_two_signals_before_the_first_checkpoint_say_nothing_can_be_resumed(tmp_
     assert "before the first checkpoint: nothing can be resumed" in line and "resume with" not in line
     assert not (out / "checkpoints" / "last.pt").exists()
     assert "stopped: " + line.split("stopped: ")[1] in (out / "train.log").read_text()
+    monkeypatch.undo()  # "start the run again": the same command works in the same folder
+    assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, out, steps=4)) == 0
 
 
 def test_one_signal_saves_and_says_how_to_resume(tmp_path, glue_dir, small_vocab, config_file, monkeypatch, capsys):
