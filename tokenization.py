@@ -462,6 +462,17 @@ class FullTokenizer:
         return convert_ids_to_tokens(self.inv_vocab, ids)
 
 
+def vocab_is_cased(vocab):
+    """Whether a vocabulary keeps upper case: some token other than a bracketed special
+    one ([CLS], [unused0] ...) has an upper-case letter. An uncased model's vocabulary
+    (bert-base-uncased's) has none, so its text must be lower-cased (do_lower_case).
+
+    Args:
+        vocab: tokens (e.g. the ``OrderedDict`` of ``load_vocab``).
+    """
+    return any(token != token.lower() for token in vocab if not (token.startswith("[") and token.endswith("]")))
+
+
 def _check_special_tokens(vocab, vocab_file):
     """Raise VocabError unless ``vocab`` holds every token in REQUIRED_SPECIAL_TOKENS.
 
