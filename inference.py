@@ -156,7 +156,10 @@ class Predictor:
         window: list[tuple[int, glue.InputFeatures]] = []
         features_of: dict[tuple[str, str | None], glue.InputFeatures] = {}  # one tokenisation per text
         for number, request in enumerate(requests):
-            task, text_a, text_b = Request(*request)
+            try:
+                task, text_a, text_b = Request(*request)
+            except TypeError:
+                raise UsageError(f"request {number}: expected (task, text_a, text_b), got {request!r:.80}") from None
             task_id = self._task_id(task)
             if not isinstance(text_a, str) or not (text_b is None or isinstance(text_b, str)):
                 raise UsageError(f"request {number}: texts must be strings, got {request!r}")

@@ -24,9 +24,8 @@ on its own rows (``per_task``, the one place that dispatches rows to tasks).
 
 Layout of this file: configuration; BERT blocks; adapters and their registry; one task
 or one per row; layer and encoder; BertModel; heads; which state-dict keys are
-task-specific. The speed kernels
-(dropout masks and the attention with dropout) live in kernels.py and are chosen when a
-model is built: ``BertModel(config, kernels=Kernels.plain())``.
+task-specific. The speed kernels (dropout masks and the attention with dropout) live in
+kernels.py and are chosen when a model is built: ``BertModel(config, kernels=Kernels.plain())``.
 
 Shape legend used in comments:
     B  batch size            T  sequence length
@@ -41,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -577,7 +577,7 @@ class TaskRows:
         tasks = tuple(sorted(set(task_ids)))
         counts = [task_ids.count(task) for task in tasks]
         if list(task_ids) == sorted(task_ids):  # rows grouped by task: slices are views
-            ends = [sum(counts[:k + 1]) for k in range(len(counts))]
+            ends = itertools.accumulate(counts)
             return cls(tasks, tuple(slice(end - n, end) for end, n in zip(ends, counts)), None)
         order = torch.argsort(torch.tensor(task_ids, device=device), stable=True)  # [B], grouped by task
         return cls(tasks, tuple(order.split(counts)), torch.argsort(order))
@@ -625,11 +625,11 @@ def resolve_task(i: int | torch.Tensor | TaskRows, num_tasks: int, batch_size: i
                              f"{num_tasks} task(s), 0..{num_tasks - 1}")
         return TaskRows.of(task_ids, i.device)
     try:
-        if isinstance(i, bool) or (isinstance(i, torch.Tensor) and i.dim() != 0):
-            raise TypeError
-        task = int(i.item()) if isinstance(i, torch.Tensor) else operator.index(i)
-    except (TypeError, RuntimeError):
-        raise UsageError(f"a task id must be an int or a 1-D tensor of per-row task ids, got {i!r}") from None
+        task = operator.index(i)  # an int, a numpy integer or a 0-d integer tensor
+    except TypeError:
+        task = None
+    if task is None or isinstance(i, bool) or (isinstance(i, torch.Tensor) and i.dim() != 0):
+        raise UsageError(f"a task id must be an int or a 1-D tensor of per-row task ids, got {i!r}")
     if not 0 <= task < num_tasks:
         raise UsageError(f"task id {task} is out of range: the model has {num_tasks} task(s), 0..{num_tasks - 1}")
     return task

@@ -479,6 +479,22 @@ def test_load_pretrained_weights_accepts_a_run_folder(run_dir):
     assert not folder.model.training
 
 
+def test_the_readme_python_api_example_runs(run_dir, minilm_dir, repo_root, monkeypatch, capsys):
+    """Both code blocks of the README's "Python API", with the run folder and BERT paths filled in."""
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    assert len(blocks) == 2 and "eval" in blocks[0] and "model.train()" in blocks[1]
+    code = "\n".join(blocks).replace('"runs/pals"', repr(str(run_dir))).replace('"path/to/bert"', repr(str(minilm_dir)))
+    monkeypatch.chdir(repo_root)
+    namespace: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), namespace)
+    printed = capsys.readouterr().out.strip()
+    assert printed in glue.TASKS["mnli"].labels
+    assert namespace["run"].model.training is False and namespace["model"].training is True
+    assert namespace["loss"].dim() == 0 and namespace["logits"].shape == (1, 3)
+
+
 def test_a_folder_without_weights_names_what_it_looked_for(tmp_path):
     config = BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=8)
