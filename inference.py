@@ -175,11 +175,12 @@ class Predictor:
             yield from self._run_window(window, progress)
 
     def _task_id(self, task: str) -> int:
-        try:
+        if task in self.task_names:
             return self.task_names.index(task)
-        except ValueError:
-            [name] = self.resolve_tasks(task)  # an alias, or a UsageError naming the task
-            return self.task_names.index(name)
+        names = self.resolve_tasks(task) if isinstance(task, str) else []  # an alias, or a UsageError
+        if len(names) != 1:
+            raise UsageError(f"a request names one task, got {task!r}")
+        return self.task_names.index(names[0])
 
     def _run_window(self, window: list[tuple[int, glue.InputFeatures]], progress) -> list[dict]:
         """Results for one window, in its order: batches of similar length, rows of a batch

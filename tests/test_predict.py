@@ -203,6 +203,10 @@ def test_python_api_calls(predictor):
         predictor("nope", ["x"])
     with pytest.raises(UsageError, match=r"input 1: expected a text, a \(text_a, text_b\) pair"):
         predictor("sst", ["fine", 7])
+    with pytest.raises(UsageError, match="a request names one task, got 'sst,rte'"):
+        list(predictor.predict([("sst,rte", "x", None)]))
+    with pytest.raises(UsageError, match=r"request 0: expected \(task, text_a, text_b\)"):
+        list(predictor.predict([("sst",)]))
     assert predictor.model.training is False
 
 
