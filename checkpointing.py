@@ -18,18 +18,18 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
 import modeling
-from errors import CheckpointError
+from errors import CheckpointError, UsageError
 from modeling import BertConfig, BertForMultiTask
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,21 @@ def atomic_copy(source: PathLike, path: PathLike) -> None:
         shutil.copyfile(source, temporary)
 
 
+@contextmanager
+def atomic_text_output(path: PathLike) -> Iterator[TextIO]:
+    """A UTF-8 text stream (\\n line endings) whose content replaces ``path`` only when
+    the block succeeds (``atomic_path``). For scripts' --output_file: a missing folder
+    or a folder given as the file is a UsageError."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder; --output_file must name a file")
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
+            yield stream
+
+
 def safe_torch_load(path: PathLike) -> Any:
     """``torch.load`` that refuses anything but plain tensors and containers."""
     try:
@@ -196,7 +211,8 @@ def explain_torch_load_error(err: BaseException) -> str:
 # Reading state dicts and loading pretrained weights
 # --------------------------------------------------------------------------------------
 
-WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+# What a folder given as weights may hold: a Hugging Face folder's file, or a run folder's best model.
+WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", BEST_MODEL_FILE)
 _IGNORABLE_KEYS = ("embeddings.position_ids",)
 
 
@@ -345,7 +361,8 @@ def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
 
     Accepts the original converted format (``gamma``/``beta``), a Hugging Face folder
     (``model.safetensors`` or ``pytorch_model.bin``) or file, with or without ``bert.``
-    or ``module.``, and full multi-task checkpoints of this project.
+    or ``module.``, and full multi-task checkpoints of this project (``best_model.pth``
+    or the run folder holding it).
 
     Every BERT weight must be present with the right shape (else CheckpointError naming
     the key). Task-specific tensors the checkpoint lacks keep their initialisation;
@@ -479,6 +496,48 @@ def save_model_folder(model: BertForMultiTask, task_names: Sequence[str], vocab_
     atomic_write_text(folder / TASKS_FILE, json.dumps(tasks, indent=2) + "\n")
     if Path(vocab_file).resolve() != (folder / VOCAB_FILE).resolve():
         atomic_copy(vocab_file, folder / VOCAB_FILE)
+
+
+MODEL_FOLDER_FILES = (BEST_MODEL_FILE, CONFIG_FILE, VOCAB_FILE, TASKS_FILE)
+
+
+@dataclass
+class ModelFolder:
+    """What ``load_model_folder`` returns: the model (eval mode), its task names in task-id
+    order, the vocabulary file it was trained with and the config file it was built from."""
+
+    model: BertForMultiTask
+    task_names: list[str]
+    vocab_file: Path
+    config_file: Path
+
+
+def load_model_folder(folder: PathLike, weights: PathLike | None = None) -> ModelFolder:
+    """The model ``save_model_folder`` wrote (a run folder of run_multi_task.py).
+
+    Every file must be there (else CheckpointError naming the missing ones), and
+    best_model.pth (or ``weights``, another state dict of the same model) must hold
+    exactly the tensors of the model config.json and tasks.json describe (else the error
+    names the first key that differs): nothing is left at its random initialisation.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder (expected a run folder of run_multi_task.py)")
+    missing = [name for name in MODEL_FOLDER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: incomplete model folder, missing {', '.join(missing)} "
+                              f"(a run folder holds {', '.join(MODEL_FOLDER_FILES)})")
+    config = BertConfig.from_json_file(folder / CONFIG_FILE)
+    tasks = read_tasks_file(folder / TASKS_FILE)
+    try:
+        model = BertForMultiTask(config.replace(num_tasks=len(tasks)), [task["num_labels"] for task in tasks])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{folder / TASKS_FILE}: does not fit {folder / CONFIG_FILE} ({err})") from None
+    weights = folder / BEST_MODEL_FILE if weights is None else Path(weights)
+    state = normalize_checkpoint_keys(read_state_dict(weights))
+    check_state_dict(state, model.state_dict(), weights)
+    model.load_state_dict(state)
+    return ModelFolder(model.eval(), [task["name"] for task in tasks], folder / VOCAB_FILE, folder / CONFIG_FILE)
 
 
 def read_tasks_file(path: PathLike) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@
         --vocab_file vocab.txt --bert_config_file bert_config.json \\
         --init_checkpoint pytorch_model.bin --layers=-1,-2,-3,-4
 
-Input: one example per line; ``A ||| B`` is a sentence pair. Output: one JSON object per
-input line, in input order, exactly as the original wrote them::
+Input: one example per line; ``A ||| B`` or ``A<TAB>B`` is a sentence pair
+(``glue.split_text_pair``). Output: one JSON object per input line, in input order,
+exactly as the original wrote them::
 
     {"linex_index": 0, "features": [{"token": "[CLS]", "layers": [{"index": -1,
      "values": [0.123457, ...]}, ...]}, ...]}
@@ -29,12 +30,9 @@ appears under its name only when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
-import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
@@ -42,17 +40,15 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-import checkpointing
 import cli
 import tokenization
-from checkpointing import load_pretrained_weights, read_state_dict
+from checkpointing import atomic_text_output, load_pretrained_weights, read_state_dict
 from errors import CheckpointError, ConfigError, DataError, UsageError
-from glue import InputExample, InputFeatures, example_to_features
+from glue import InputExample, InputFeatures, example_to_features, iter_text_lines, split_text_pair
 from modeling import BertConfig, BertModel, task_of_key
 
 logger = logging.getLogger("extract_features")
 
-PAIR_PATTERN = re.compile(r"^(.*) \|\|\| (.*)$")
 CHUNK_BATCHES = 64  # length-grouping window: at most this many batches ...
 WINDOW_VALUES = 2 ** 26  # ... and at most this many buffered float32 values (256 MiB)
 DECIMALS = 6
@@ -63,55 +59,26 @@ DECIMALS = 6
 # --------------------------------------------------------------------------------------
 
 
-def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) of a UTF-8 file, without line endings.
-
-    Lines end at \\n, \\r\\n or \\r, as in Python's text mode (the original read the file
-    in text mode). A line that is not UTF-8 raises DataError naming the file and the
-    line. The file is read lazily, so inputs larger than memory work.
-    """
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: input file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read input file: {err.strerror}") from None
-    with handle:
-        line_number = 0
-        for raw in handle:
-            line_number += 1
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{line_number}: not valid UTF-8 ({err.reason} at byte "
-                                 f"{err.start} of the line)") from None
-            text = text[:-1] if text.endswith("\n") else text
-            text = text[:-1] if text.endswith("\r") else text
-            # A lone \r is a line break in text mode too.
-            for piece in text.split("\r"):
-                yield line_number, piece
-
-
 def parse_line(line: str, unique_id: int) -> InputExample:
-    """``A ||| B`` is a pair, anything else a single sentence (surrounding space stripped).
-
-    The example's guid is ``unique_id`` (written as the output's ``linex_index``)."""
-    line = line.strip()
-    match = PAIR_PATTERN.match(line)
-    if match is None:
-        return InputExample(unique_id, line)
-    return InputExample(unique_id, match.group(1), match.group(2))
+    """One input line as an example (the rule: ``glue.split_text_pair``); its guid is
+    ``unique_id`` (written as the output's ``linex_index``). ValueError for a line with
+    more than one tab."""
+    text_a, text_b = split_text_pair(line)
+    return InputExample(unique_id, text_a, text_b)
 
 
 def read_examples(path: str) -> Iterator[InputExample]:
     """Examples in file order; the guid is the 0-based line index."""
-    for unique_id, (_, line) in enumerate(iter_text_lines(path)):
-        yield parse_line(line, unique_id)
+    for unique_id, (line_number, line) in enumerate(iter_text_lines(path)):
+        try:
+            yield parse_line(line, unique_id)
+        except ValueError as err:
+            raise DataError(f"{path}:{line_number}: {err}") from None
 
 
 def count_examples(path: str) -> int:
-    """Number of examples; also checks every line is UTF-8 before any model work."""
-    return sum(1 for _ in iter_text_lines(path))
+    """Number of examples; also checks every line before any model work."""
+    return sum(1 for _ in read_examples(path))
 
 
 def convert_example(example: InputExample, tokenizer, max_seq_length: int) -> InputFeatures:
@@ -392,20 +359,6 @@ class OrderedLineWriter:
             self.next_id += 1
             written += 1
         return written
-
-
-@contextlib.contextmanager
-def atomic_text_output(path: str) -> Iterator[TextIO]:
-    """A text stream whose content replaces ``path`` only when the block succeeds
-    (``checkpointing.atomic_path``: temporary file, flushed to disk, then renamed)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{path}: output folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a folder; --output_file must name a file")
-    with checkpointing.atomic_path(path) as temporary:
-        with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
-            yield stream
 
 
 # --------------------------------------------------------------------------------------

@@ -336,14 +336,6 @@ def load_config(args: argparse.Namespace, num_tasks: int) -> BertConfig:
     return config
 
 
-def check_vocab_fits(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file, config_file) -> None:
-    """Every token id must index the embedding table (else an IndexError mid-training)."""
-    largest = max(tokenizer.vocab.values())
-    if largest >= config.vocab_size:
-        raise ConfigError(f"{vocab_file} has token ids up to {largest}, but vocab_size in {config_file} is "
-                          f"{config.vocab_size}: the vocabulary does not belong to this model")
-
-
 def warn_about_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file,
                           do_lower_case: bool) -> None:
     """A vocabulary of another size than the model's, and lower-casing that disagrees
@@ -486,7 +478,7 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
         raise UsageError(f"--tasks {args.tasks}: {err}") from None
     config = load_config(args, len(task_names))
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
-    check_vocab_fits(tokenizer, config, args.vocab_file, args.bert_config_file)
+    tokenization.check_vocab_fits(tokenizer.vocab, config.vocab_size, args.vocab_file, args.bert_config_file)
     warn_about_vocabulary(tokenizer, config, args.vocab_file, args.do_lower_case)
     logger.info("tasks: %s; device %s; %d process(es)", ", ".join(task_names), ctx.device, ctx.world_size)
 
@@ -539,14 +531,15 @@ def evaluate_only(model, tasks, settings, ctx) -> None:
 
 def predict(args, output_dir: Path, task_names: list[str], tokenizer, ctx) -> None:
     source = Path(args.predict_checkpoint) if args.predict_checkpoint else output_dir
-    folder = source if source.is_dir() else source.parent
-    weights = folder / checkpointing.BEST_MODEL_FILE if source.is_dir() else source
-    config = BertConfig.from_json_file(folder / checkpointing.CONFIG_FILE)
-    saved_tasks = [t["name"] for t in checkpointing.read_tasks_file(folder / checkpointing.TASKS_FILE)]
-    if saved_tasks != task_names:
-        raise UsageError(f"{folder} was trained on tasks {saved_tasks}, but --tasks gives {task_names}")
-    model = modeling.BertForMultiTask(config, [glue.TASKS[n].num_labels for n in task_names])
-    checkpointing.load_pretrained_weights(model, weights, log=logger)
+    # A run folder, or a state dict of its model beside its config.json and tasks.json;
+    # loaded strictly: no adapter or head may be left at its random initialisation.
+    if source.is_dir():
+        saved = checkpointing.load_model_folder(source)
+    else:
+        saved = checkpointing.load_model_folder(source.parent, weights=source)
+    if saved.task_names != task_names:
+        raise UsageError(f"{source} was trained on tasks {saved.task_names}, but --tasks gives {task_names}")
+    model = saved.model
     written = training.predict_test_sets(model, task_names, args.data_dir, tokenizer, args.max_seq_length,
                                          args.eval_batch_size, ctx.device, output_dir / "submission",
                                          bf16=args.bf16, fp16=args.fp16)

@@ -19,7 +19,7 @@ import io
 import unicodedata
 from pathlib import Path
 
-from errors import VocabError
+from errors import ConfigError, VocabError
 
 # Tokens the models need: every sequence is framed by [CLS] ... [SEP], and WordPiece
 # falls back to [UNK].
@@ -537,3 +537,18 @@ def vocabulary_warnings(vocab, vocab_size, do_lower_case):
         found.append("looks cased (it has capitalised words) but lower-casing is on: the model will never "
                      "see a capital letter")
     return found
+
+
+def check_vocab_fits(vocab, vocab_size, vocab_file="the vocabulary", config_source="the model's config"):
+    """Raise ConfigError unless every token id indexes the model's embedding table
+    (else an IndexError in the middle of a run).
+
+    Args:
+        vocab: the loaded vocabulary (token -> id).
+        vocab_size: the model's ``vocab_size``.
+        vocab_file, config_source: where each comes from, for the message.
+    """
+    largest = max(vocab.values())
+    if largest >= vocab_size:
+        raise ConfigError(f"{vocab_file} has token ids up to {largest}, but vocab_size in {config_source} is "
+                          f"{vocab_size}: the vocabulary does not belong to this model")

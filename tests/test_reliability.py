@@ -508,7 +508,17 @@ def predict_checkpoint_missing(w):
 def predict_checkpoint_without_task_list(w):
     folder = w.copy_trained()
     (folder / "tasks.json").unlink()
-    return ["--do_predict", "--predict_checkpoint", folder], [f"{folder / 'tasks.json'}: task list not found"]
+    return ["--do_predict", "--predict_checkpoint", folder], [f"{folder}: incomplete model folder, missing tasks.json"]
+
+
+@mtl_case
+def predict_checkpoint_without_an_adapter_tensor(w):
+    folder = w.copy_trained()
+    state = torch.load(folder / "best_model.pth", weights_only=True)
+    del state["classifier.0.weight"]  # would stay at its random initialisation
+    torch.save(state, folder / "best_model.pth")
+    return ["--do_predict", "--predict_checkpoint", folder / "best_model.pth"], [
+        "best_model.pth", "'classifier.0.weight'"]
 
 
 @mtl_case
