@@ -163,7 +163,7 @@ class Predictor:
     def predict(self, requests: Iterable[Request | tuple], progress=None) -> Iterator[dict]:
         """Results for ``requests`` ((task, text_a, text_b) each; any mix of tasks), in
         request order, computed a window at a time. ``progress``: anything with
-        ``update(n)`` (a tqdm bar), told about every batch done."""
+        ``update(n)`` (a ``cli.Progress``), told about every batch done."""
         window: list[tuple[int, glue.InputFeatures]] = []
         features_of: dict[tuple[str, str | None], glue.InputFeatures] = {}  # one tokenisation per text
         for number, request in enumerate(requests):

@@ -33,8 +33,6 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tqdm import tqdm
-
 import checkpointing
 import cli
 import inference
@@ -116,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     logger.info("tasks %s; device %s; %d predictions", ", ".join(predictor.task_names), predictor.device, total)
     truncated_lines: list[int] = []
     with output_stream(args.output_file) as stream, \
-            tqdm(total=total, unit="predictions", desc="predicting") as progress:
+            cli.Progress(total=total, unit="prediction", desc="predicting") as progress:
         numbered, plain = itertools.tee(requests())
         results = predictor.predict((request for _, request in plain), progress)
         for (line, _), result in zip(numbered, results):
