@@ -256,7 +256,7 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.logging_steps < 0:
         raise UsageError(f"--logging_steps must not be negative, got {args.logging_steps}")
     if args.logging_dir and args.do_train:
-        training.tensorboard_summary_writer()  # a clear error now if tensorboard is missing
+        reports.tensorboard_summary_writer()  # a clear error now if tensorboard is missing
 
 
 # The folders of --output_dir this script writes files in.

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -496,12 +495,8 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         self.nonfinite_steps_skipped = 0
         self._stop_signal: int | None = None
-        # What this session trained (over all ranks), for the log's throughput and summary.
-        self.examples_trained = 0
-        self.tokens_trained = 0  # real tokens, padding not counted
-        self._session: dict[str, Any] = {}
-        self._window: dict[str, Any] = {}
-        self.tensorboard = None  # a SummaryWriter while train() runs with --logging_dir (rank 0)
+        # Step lines, TensorBoard scalars and the closing summary (rank 0 writes them).
+        self.log = reports.TrainingLog(self.t_total, settings, enabled=ctx.is_main)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.ctx.distributed:
@@ -529,8 +524,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run (or continue) training; returns the best evaluation."""
         settings, ctx = self.settings, self.ctx
-        self._start_session()
-        with self._signals_request_a_checkpoint(), self._tensorboard_writer():
+        self.log.start(self.global_step)
+        with self._signals_request_a_checkpoint(), self.log:
             self.wrapped.train(not self.dropout_disabled)
             while self.epoch < settings.num_train_epochs:
                 if self.step_in_epoch == 0:  # a new epoch (not one resumed halfway)
@@ -549,7 +544,8 @@ class Trainer:
                         self.step_in_epoch += 1
                         self.global_step += 1
                         progress.update(1, task=self.task_names[task_id], loss=f"{loss:.4f}")
-                        self._log_step(task_id, loss)
+                        self.log.step(self.global_step, self.epoch, self.task_names[task_id], loss,
+                                      self.current_learning_rate)
                         # A stop signal is agreed by all ranks, so that they save the same step.
                         stop_signal = ctx.all_reduce_int(self._stop_signal or 0, "max")
                         if stop_signal:
@@ -564,108 +560,23 @@ class Trainer:
             self._finish()
         return reports.read_eval_results(settings.output_dir)
 
-    # ---- what the log says ----------------------------------------------------------
-
-    def _start_session(self) -> None:
-        now = time.monotonic()
-        self._session = {"start": now, "step": self.global_step}
-        self._window = {"start": now, "steps": 0, "loss": 0.0, "examples": 0, "tokens": 0}
-        logger.info("training: %d steps (%d epochs of %d), %d examples per step, from step %d",
-                    self.t_total, self.settings.num_train_epochs, self.settings.steps_per_epoch,
-                    self.settings.train_batch_size, self.global_step)
-
-    def _log_step(self, task_id: int, loss: float) -> None:
-        """Every --logging_steps steps: one line in the log (step/total, task, loss,
-        examples/s, real tokens/s, elapsed, ETA) and the same scalars in TensorBoard."""
-        window = self._window
-        window["steps"] += 1
-        if math.isfinite(loss):
-            window["loss"] += loss
-        every = self.settings.logging_steps
-        if not every or self.global_step % every or not self.ctx.is_main:
+    def _finish(self) -> None:
+        """The end of a run: the training state marked finished (checkpoints/last.pt
+        removed unless --keep_last_checkpoint), then the summary in the log."""
+        if not self.ctx.is_main:
             return
-        now = time.monotonic()
-        seconds = max(now - window["start"], 1e-9)
-        examples_per_s = (self.examples_trained - window["examples"]) / seconds
-        tokens_per_s = (self.tokens_trained - window["tokens"]) / seconds
-        mean_loss = window["loss"] / window["steps"]
-        elapsed = now - self._session["start"]
-        steps_done = self.global_step - self._session["step"]
-        eta = (self.t_total - self.global_step) * elapsed / steps_done if steps_done else math.nan
-        logger.info("step %d/%d (epoch %d), task %s, loss %.4f (mean of the last %d steps %.4f), "
-                    "%.1f examples/s, %s real tokens/s, %s elapsed, ETA %s", self.global_step, self.t_total,
-                    self.epoch, self.task_names[task_id], loss, window["steps"], mean_loss, examples_per_s,
-                    f"{tokens_per_s:,.0f}", cli.format_duration(elapsed), cli.format_duration(eta))
-        if self.tensorboard is not None:
-            for name, value in (("train/loss", mean_loss), ("train/learning_rate", self.current_learning_rate()),
-                                ("train/examples_per_second", examples_per_s),
-                                ("train/real_tokens_per_second", tokens_per_s)):
-                self.tensorboard.add_scalar(name, value, self.global_step)
-        self._window = {"start": now, "steps": 0, "loss": 0.0, "examples": self.examples_trained,
-                        "tokens": self.tokens_trained}
+        best = reports.read_eval_results(self.settings.output_dir)
+        checkpointing.mark_training_finished(
+            self.settings.output_dir, {"global_step": self.global_step, "epochs": self.epoch,
+                                       "best_glue_average": best.get("glue_average"), "best_epoch": best.get("epoch")},
+            keep_last=self.settings.keep_last_checkpoint)
+        self.log.finish(self.global_step, self.epoch, best,
+                        {name: self._mean_train_loss(name) for name in self.task_names},
+                        self.nonfinite_steps_skipped, self.settings.keep_last_checkpoint)
 
     def current_learning_rate(self) -> float:
         """The scheduled learning rate of the shared parameters (the first optimizer)."""
         return float(max(self.optimizers[0].get_lr()))
-
-    @contextlib.contextmanager
-    def _tensorboard_writer(self):
-        """With --logging_dir (on rank 0): a SummaryWriter for the duration of training."""
-        if self.settings.logging_dir is None or not self.ctx.is_main:
-            yield
-            return
-        summary_writer = tensorboard_summary_writer()
-        self.tensorboard = summary_writer(log_dir=str(self.settings.logging_dir))
-        try:
-            yield
-        finally:
-            self.tensorboard.close()
-            self.tensorboard = None
-
-    def _write_evaluation_scalars(self, result: dict[str, Any], train_losses: dict[str, float | None]) -> None:
-        if self.tensorboard is None:
-            return
-        step = self.global_step
-        self.tensorboard.add_scalar("eval/glue_average", result["glue_average"], step)
-        for record in result["records"]:  # every metric, the task's score (and original_metric)
-            for name, value in record.items():
-                if name not in ("epoch", "global_step", "task", "split", "train_loss") and value is not None:
-                    self.tensorboard.add_scalar(f"eval/{record['task']}/{name}", value, step)
-        for name, loss in train_losses.items():
-            if loss is not None:
-                self.tensorboard.add_scalar(f"train/epoch_loss/{name}", loss, step)
-
-    def _finish(self) -> None:
-        """The end of a run: the summary in the log, and the training state marked
-        finished (checkpoints/last.pt removed unless --keep_last_checkpoint)."""
-        if not self.ctx.is_main:
-            return
-        output_dir = self.settings.output_dir
-        elapsed = time.monotonic() - self._session["start"]
-        steps = self.global_step - self._session["step"]
-        best = reports.read_eval_results(output_dir)
-        checkpointing.mark_training_finished(
-            output_dir, {"global_step": self.global_step, "epochs": self.epoch,
-                         "best_glue_average": best.get("glue_average"), "best_epoch": best.get("epoch")},
-            keep_last=self.settings.keep_last_checkpoint)
-        seconds = max(elapsed, 1e-9)
-        logger.info("training finished: step %d of %d after %d epochs; this session: %d steps, %d examples, "
-                    "%s real tokens in %s (%.2f steps/s, %.1f examples/s, %s real tokens/s)", self.global_step,
-                    self.t_total, self.epoch, steps, self.examples_trained, f"{self.tokens_trained:,}",
-                    cli.format_duration(elapsed), steps / seconds, self.examples_trained / seconds,
-                    f"{self.tokens_trained / seconds:,.0f}")
-        if best:
-            logger.info("best model: epoch %s (step %s), GLUE average %.4f; %s", best["epoch"], best["global_step"],
-                        best["glue_average"], ", ".join(f"{k} {v:.4f}" for k, v in best["scores"].items()))
-        last_losses = {name: self._mean_train_loss(name) for name in self.task_names}
-        logger.info("mean training loss per task in the last epoch: %s",
-                    ", ".join(f"{n} {v:.4f}" if v is not None else f"{n} -" for n, v in last_losses.items()))
-        if self.nonfinite_steps_skipped:
-            logger.info("%d step(s) with a non-finite loss were skipped", self.nonfinite_steps_skipped)
-        kept = ("checkpoints/last.pt kept (--keep_last_checkpoint)" if self.settings.keep_last_checkpoint
-                else "checkpoints/last.pt removed (--keep_last_checkpoint keeps it)")
-        logger.info("outputs in %s: %s in all; %s", output_dir,
-                    format_size(checkpointing.folder_size(output_dir)), kept)
 
     def _resume_hint(self, signum: int, checkpoint: Path) -> str:
         return (f"signal {signum} at step {self.global_step}; resume with --resume: "
@@ -682,8 +593,7 @@ class Trainer:
             # Every rank draws the same global micro-batch and takes every world_size-th
             # example of it: together the ranks see each example once.
             drawn = self.streams[task_id].next_indices()
-            self.examples_trained += len(drawn)
-            self.tokens_trained += sum(len(task.train[i].input_ids) for i in drawn)
+            self.log.count(len(drawn), sum(len(task.train[i].input_ids) for i in drawn))  # over all ranks
             indices = drawn[ctx.rank::ctx.world_size]
             batch = glue.collate_features([task.train[i] for i in indices], pad_to=settings.pad_to,
                                           regression=task.spec.is_regression)
@@ -753,7 +663,7 @@ class Trainer:
                                     self.global_step, train_losses)
             self.history.extend(result["records"])
             self._save_if_best(result)
-            self._write_evaluation_scalars(result, train_losses)
+            self.log.evaluation(result, train_losses, self.global_step)
         self.ctx.barrier()
         if self.settings.dropout_off_after_first_eval:
             self.dropout_disabled = True
@@ -924,24 +834,6 @@ def already_finished_message(output_dir: Path, global_step: int, epochs: int) ->
     best = Path(output_dir) / checkpointing.BEST_MODEL_FILE
     return (f"{output_dir}: this run already finished (step {global_step}, {epochs} epochs): nothing to resume; "
             f"to train further, start a new run from its best model (--init_checkpoint {best})")
-
-
-def format_size(size: int) -> str:
-    """Bytes in the unit a person reads: 812 KB, 94.1 MB, 2.47 GB (powers of 1000)."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.3g} {unit}" if size < 100 * scale else f"{size / scale:.0f} {unit}"
-    return f"{size} bytes"
-
-
-def tensorboard_summary_writer():
-    """``torch.utils.tensorboard.SummaryWriter``, or a UsageError saying how to get it."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise UsageError(f"--logging_dir writes TensorBoard event files, which needs the tensorboard package "
-                         f"(pip install tensorboard): {err}") from None
-    return SummaryWriter
 
 
 # --------------------------------------------------------------------------------------
