@@ -588,15 +588,22 @@ class Trainer:
         settings, ctx = self.settings, self.ctx
         task = self.tasks[task_id]
         accumulation = settings.gradient_accumulation_steps
-        step_loss = 0.0
-        for micro_step in range(accumulation):
-            # Every rank draws the same global micro-batch and takes every world_size-th
-            # example of it: together the ranks see each example once.
-            drawn = self.streams[task_id].next_indices()
-            self.log.count(len(drawn), sum(len(task.train[i].input_ids) for i in drawn))  # over all ranks
-            indices = drawn[ctx.rank::ctx.world_size]
-            batch = glue.collate_features([task.train[i] for i in indices], pad_to=settings.pad_to,
-                                          regression=task.spec.is_regression)
+        # Every rank draws the same global micro-batches. The step's gradient is the mean
+        # over all its examples: each micro-batch (and each rank's share of it) counts by
+        # its number of examples, which matters when a batch is partial (the last batch of
+        # a pass under --replicate_original).
+        micro_batches = [self.streams[task_id].next_indices() for _ in range(accumulation)]
+        step_examples = sum(len(indices) for indices in micro_batches)
+        step_loss, local_examples = 0.0, 0
+        for micro_step, global_indices in enumerate(micro_batches):
+            self.log.count(len(global_indices), sum(len(task.train[i].input_ids) for i in global_indices))
+            # Each rank takes every world_size-th example: together the ranks see each once.
+            indices = global_indices[ctx.rank::ctx.world_size]
+            # A rank left without an example still runs forward and backward (the
+            # all-reduce needs every rank), on one example that counts 0.
+            weight = len(indices) * ctx.world_size / step_examples  # DDP averages over ranks
+            batch = glue.collate_features([task.train[i] for i in (indices if len(indices) else global_indices[:1])],
+                                          pad_to=settings.pad_to, regression=task.spec.is_regression)
             batch = {name: tensor.to(ctx.device) for name, tensor in batch.items()}
             # DDP averages gradients over ranks during backward; only the last micro-step
             # needs that, the others accumulate locally under no_sync().
@@ -607,17 +614,23 @@ class Trainer:
                     loss, _ = self.wrapped(batch["input_ids"], batch["segment_ids"], batch["input_mask"], task_id,
                                            labels=batch["label_ids"])
                 if ctx.n_gpu > 1 and not ctx.distributed:
-                    loss = loss.mean()  # DataParallel returns one loss per GPU
-                loss = loss / accumulation  # the step's gradient is the mean over its micro-batches
+                    # DataParallel returns one mean loss per chunk of the batch (torch.chunk
+                    # sizes): weighted by chunk size, the mean over the batch.
+                    sizes = [len(chunk) for chunk in torch.arange(len(batch["input_ids"])).chunk(ctx.n_gpu)]
+                    loss = (loss * torch.tensor(sizes, dtype=loss.dtype, device=loss.device)).sum() / sum(sizes)
+                mean_loss = loss.detach()
+                loss = loss * weight
                 # All ranks must agree to go on: a rank that skipped backward while the others
                 # entered it would leave them waiting in the all-reduce forever.
-                if not ctx.all_reduce_int(int(bool(torch.isfinite(loss.detach()).all())), "min"):
+                if not ctx.all_reduce_int(int(bool(torch.isfinite(mean_loss).all())), "min"):
                     return self._non_finite_step(task, "loss")
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()  # fp16: scaled so that small gradients survive
                 else:
                     loss.backward()
-            step_loss += loss.item()  # (waits for the device)
+            step_loss += mean_loss.item() * len(indices)  # (waits for the device)
+            local_examples += len(indices)
+        step_loss /= max(local_examples, 1)  # this rank's mean over the step's examples
         # A finite loss can still give inf/NaN gradients; DDP has averaged them already, so
         # every rank gives the same answer. (Under fp16 the scaler checks and skips itself.)
         if settings.skip_nonfinite_loss and self.scaler is None and not gradients_finite(self.model):

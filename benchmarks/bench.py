@@ -18,6 +18,7 @@ alike, and every figure is a median. What is measured (see benchmarks/README.md)
 model built with it against the model built without it, runs alternated, MiniLM.
 
 Usage: python benchmarks/bench.py [--quick] [--compile] [--fast-paths] [--json results.json]
+       python benchmarks/bench.py --smoke   (every part once at toy sizes: that it runs, in seconds)
 """
 from __future__ import annotations
 
@@ -679,6 +680,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="MiniLM size only, fewer repeats and a shorter epoch (about 3 minutes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick at toy sizes (batch 2 x 16, one repeat): shows that every part runs; "
+                             "the figures mean nothing (tests/test_bench.py)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (median)")
     parser.add_argument("--compile", action="store_true", help="also time kernels.compile_model (slow to compile)")
     parser.add_argument("--fast-paths", action="store_true",
@@ -699,8 +703,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(10)
             if meter.cores() < 0.2:
                 break
-    quick = args.quick
-    small_repeats = args.repeats or (3 if quick else 5)
+    if args.smoke:
+        global BATCH, SEQ, MAX_LEN
+        BATCH, SEQ, MAX_LEN = 2, 16, 16
+    quick = args.quick or args.smoke
+    matmul_size = 128 if args.smoke else 2048 if quick else 4096
+    small_repeats = args.repeats or (1 if args.smoke else 3 if quick else 5)
     large_repeats = args.repeats or 3
     sizes = ["minilm"] if quick else ["minilm", "base"]
     command = "python benchmarks/bench.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
@@ -719,13 +727,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        encoding="utf-8")
         return 0
 
-    peaks = measure_matmul_peaks(2048 if quick else 4096, small_repeats)
+    peaks = measure_matmul_peaks(matmul_size, small_repeats)
     bf16_peak = peaks["bf16"]
     print("  matmul peaks (GFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()), flush=True)
 
     others = {}
     meter = OtherLoad()
-    peak_size = 2048 if quick else 4096
+    peak_size = matmul_size
     training = {size: training_comparison(size, ["fp32", "bf16"], small_repeats if size == "minilm" else large_repeats,
                                           args.compile and size == "minilm", plain=size == "minilm",
                                           peak_size=peak_size)
@@ -734,9 +742,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     no_dropout = training_comparison("minilm", ["fp32"], small_repeats, False, plain=False,
                                      peak_size=peak_size, dropout=False)["fp32"]
     others["training"], meter = meter.cores(), OtherLoad()
-    inference = inference_comparison("minilm", ["fp32", "bf16"], 256 if quick else 512, small_repeats, args.compile)
+    inference = inference_comparison("minilm", ["fp32", "bf16"], 8 if args.smoke else 256 if quick else 512,
+                                     small_repeats, args.compile)
     others["inference"], meter = meter.cores(), OtherLoad()
-    epoch = epoch_comparison(8 if quick else 24, 50 * BATCH)
+    epoch = epoch_comparison(1 if args.smoke else 8 if quick else 24, 50 * BATCH)
     print("  epoch: " + ", ".join(f"{v} {s:.1f} s" for v, s in epoch["seconds"].items()), flush=True)
     others["epoch"], meter = meter.cores(), OtherLoad()
     # PALs against plain: a small ratio between two long steps, so 5 rounds at both sizes.
@@ -759,7 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.append("ours = this port (modeling.py, eager); HF = transformers BertForSequenceClassification / "
                "BertModel with attn_implementation=\"sdpa\"; same weights, same batches, runs alternated, medians")
     out.append("")
-    out.append(f"**1. matmul peak** (n = {2048 if quick else 4096}; GFLOP/s)")
+    out.append(f"**1. matmul peak** (n = {matmul_size}; GFLOP/s)")
     out.append("")
     out.append(table(["fp32 torch.matmul", "bf16 torch.matmul (the bf16 peak used for MFU)"],
                      [[f"{peaks['fp32']:.1f}", f"{peaks['bf16']:.1f}"]]))
