@@ -271,7 +271,7 @@ def test_module_on_top(bert_layer_on_top):
             expected = bert_layer(h, w, f"encoder.multi_layers.{task}", config.without_adapters(), mask, task)
         else:
             expected = top_attention(h, w, task, mask)
-        assert close(encoder._run_top(h, mask, task), expected) <= TOLERANCE
+        assert close(encoder._run_top(task, h, mask), expected) <= TOLERANCE
 
 
 # ---------------------------------------------------------------------------------------

@@ -169,7 +169,10 @@ def test_architecture_trains_saves_resumes_and_rebuilds(config_name, pals_run, t
     # fresh), with another seed than that run's: with the same one, PALs would start from
     # the very head weights that run trained its BERT against. The modules on top need the
     # standard LayerNorm init to learn in a short run.
-    shared_bert = pals_run[0] / checkpointing.ADAPTER_DIR / checkpointing.SHARED_BERT_FILE
+    # (best_model.pth also holds the PALs run's heads, which --init_checkpoint would load)
+    shared_bert = tmp_path / "shared_bert.pt"
+    trained = torch.load(pals_run[0] / checkpointing.BEST_MODEL_FILE, weights_only=True)
+    torch.save({key: tensor for key, tensor in trained.items() if modeling.task_of_key(key) is None}, shared_bert)
     common = ["--steps_per_epoch", STEPS, "--train_batch_size", "8", "--learning_rate", "1e-4", "--seed", "2",
               "--layer_norm_init", "standard", "--init_checkpoint", shared_bert, "--save_checkpoints_steps", STOP_AT]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
@@ -206,7 +209,7 @@ def test_architecture_trains_saves_resumes_and_rebuilds(config_name, pals_run, t
     # 3. Rebuilt from the shared BERT and the task files (in the other order): the same outputs.
     adapters = full / checkpointing.ADAPTER_DIR
     rebuilt, names = checkpointing.build_model_from_adapters(
-        adapters / checkpointing.SHARED_BERT_FILE, [adapters / f"{t}.safetensors" for t in reversed(tasks)])
+        full / checkpointing.BEST_MODEL_FILE, [adapters / f"{t}.safetensors" for t in reversed(tasks)])
     assert names == list(reversed(tasks))
     model.load_state_dict(saved)
     model.eval()
