@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   set up .venv and run the embedded demo
 #   make test   set up .venv and run the whole test suite
+# and, on a GPU machine, make gpu-check (see benchmarks/gpu_check.py).
 # Everything is installed into .venv from pinned versions (constraints.txt);
 # nothing depends on what happens to be installed on the machine.
 
@@ -10,7 +11,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -36,6 +37,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/scaling.py
+
+# On a machine with one CUDA GPU: the machine's own python3 and PyTorch (no .venv, no
+# install, no download). Without a GPU it says so and exits 0. Not part of `make test`.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo_output demo_data .pytest_cache

@@ -18,18 +18,18 @@ import re
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 from torch import nn
 
 import modeling
-from errors import CheckpointError
+from errors import CheckpointError, UsageError
 from modeling import BertConfig, BertForMultiTask
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,10 @@ VOCAB_FILE = "vocab.txt"
 TASKS_FILE = "tasks.json"
 TRAINING_CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT_FILE = "last.pt"
+FINISHED_FILE = "finished.json"  # in checkpoints/: written when a run has trained every epoch
+ARGS_FILE = "args.json"  # the run's arguments, which --resume reuses
 ADAPTER_DIR = "adapters"
-SHARED_BERT_FILE = "shared_bert.safetensors"
+SHARED_BERT_FILE = "shared_bert.safetensors"  # written by earlier versions; best_model.pth serves now
 
 
 # --------------------------------------------------------------------------------------
@@ -63,9 +65,11 @@ def atomic_path(path: PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(handle)
-    os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; use normal permissions
     try:
         yield Path(temporary)
+        # mkstemp creates 0600, and some writers (safetensors) create the file anew: give
+        # the finished file the permissions a plain open() would, 0666 less the umask.
+        os.chmod(temporary, 0o666 & ~current_umask())
         _fsync_file(temporary)  # the data is on disk before the name points at it
         os.replace(temporary, path)
         _fsync_directory(path.parent)  # ... and the rename itself survives a power loss
@@ -120,7 +124,16 @@ def remove_partial_files(*folders: PathLike) -> list[Path]:
     return removed
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it can only be read by
+    setting it (and setting it back), which a thread creating a file meanwhile would see."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -139,6 +152,21 @@ def atomic_torch_save(obj: Any, path: PathLike) -> None:
 def atomic_copy(source: PathLike, path: PathLike) -> None:
     with atomic_path(path) as temporary:
         shutil.copyfile(source, temporary)
+
+
+@contextmanager
+def atomic_text_output(path: PathLike) -> Iterator[TextIO]:
+    """A UTF-8 text stream (\\n line endings) whose content replaces ``path`` only when
+    the block succeeds (``atomic_path``). For scripts' --output_file: a missing folder
+    or a folder given as the file is a UsageError."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{path}: output folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a folder; --output_file must name a file")
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
+            yield stream
 
 
 def safe_torch_load(path: PathLike) -> Any:
@@ -183,27 +211,57 @@ def explain_torch_load_error(err: BaseException) -> str:
 # Reading state dicts and loading pretrained weights
 # --------------------------------------------------------------------------------------
 
-WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin")
+# What a folder given as weights may hold: a Hugging Face folder's file, or a run folder's best model.
+WEIGHT_FILE_NAMES = ("model.safetensors", "pytorch_model.bin", BEST_MODEL_FILE)
 _IGNORABLE_KEYS = ("embeddings.position_ids",)
 
 
 @dataclass
 class LoadReport:
-    """What a load did: tensors loaded, task-specific ones left at init, ignored extras."""
+    """What a load did: tensors loaded, task-specific ones left at init, ignored extras.
+
+    ``kept_init_modules`` counts the tensors left at init by the kind of module that
+    holds them (``BERTPals``, ``classifier`` ...), for the log line.
+    """
 
     source: str
     loaded: list[str] = field(default_factory=list)
     kept_init: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
+    kept_init_modules: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         line = f"loaded {len(self.loaded)} tensors from {self.source}"
         if self.kept_init:
-            line += (f"; {len(self.kept_init)} task-specific tensors not in the checkpoint keep "
-                     f"their initialisation ({_group_names(self.kept_init)})")
+            kinds = self.kept_init_modules or {_group_names(self.kept_init): len(self.kept_init)}
+            line += (f"; {len(self.kept_init)} tensors of task modules the checkpoint lacks keep their "
+                     f"initialisation: " + ", ".join(f"{kind} ({count})" for kind, count in kinds.items()))
         if self.ignored:
             line += f"; ignored {len(self.ignored)} checkpoint tensors ({_group_names(self.ignored)})"
         return line
+
+
+def task_module_kind(model: nn.Module, key: str) -> str:
+    """What kind of task module holds state-dict key ``key`` of ``model``, in words a
+    user recognises: the adapter's class (``BERTPals``, ``BERTLowRank``, ``BERTLhuc``),
+    the class of a module on top (``BERTAttention on top``), or the name of a per-task
+    list of plain layers (``classifier``, ``mult_aug_dense``)."""
+    match = modeling.TASK_INDEX_PATTERN.search(key)
+    if match is None:
+        return key.split(".")[0]  # a head outside the per-task lists (qa_outputs ...)
+    path = key[:match.end()]  # ... up to and including the task index
+    list_name = path.split(".")[-2]
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return list_name
+    if isinstance(module, nn.ModuleList) and len(module):
+        module = module[0]  # the top attention: a list of blocks per task
+    if type(module).__module__ == "torch.nn.modules.linear":
+        return list_name
+    kind = type(module).__name__
+    on_top = list_name == "multi_layers" and ".layer." not in path
+    return f"{kind} on top" if on_top else kind
 
 
 def _group_names(keys: Sequence[str], limit: int = 4) -> str:
@@ -298,17 +356,22 @@ def _align_bert_prefix(state_dict: dict[str, torch.Tensor], model_has_bert_prefi
 
 
 def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
-                            log: logging.Logger | None = None) -> LoadReport:
+                            log: logging.Logger | None = None, *, shared_only: bool = False) -> LoadReport:
     """Load a pretrained checkpoint into ``BertModel`` or any head model.
 
     Accepts the original converted format (``gamma``/``beta``), a Hugging Face folder
     (``model.safetensors`` or ``pytorch_model.bin``) or file, with or without ``bert.``
-    or ``module.``, and full multi-task checkpoints of this project.
+    or ``module.``, and full multi-task checkpoints of this project (``best_model.pth``
+    or the run folder holding it).
 
     Every BERT weight must be present with the right shape (else CheckpointError naming
     the key). Task-specific tensors the checkpoint lacks keep their initialisation;
     checkpoint tensors the model has no place for are ignored when they are pre-training
     or head tensors, and refused otherwise. The summary goes to the log as one line.
+
+    ``shared_only`` takes only the shared BERT from the checkpoint and ignores its
+    task-specific tensors: a multi-task checkpoint (``best_model.pth``) serves as the
+    shared BERT for adapters of any of its tasks, in any order.
     """
     source = os.fspath(path)
     checkpoint = normalize_checkpoint_keys(read_state_dict(path))
@@ -316,17 +379,23 @@ def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
     has_prefix = any(k.startswith("bert.") for k in model_keys)
     checkpoint = _align_bert_prefix(checkpoint, has_prefix)
     report = LoadReport(source=source)
+    if shared_only:
+        report.ignored = [key for key in checkpoint if modeling.is_task_specific(key)]
+        checkpoint = {key: tensor for key, tensor in checkpoint.items() if not modeling.is_task_specific(key)}
     to_load = {}
     for key, target in model_keys.items():
         if key not in checkpoint:
             if not modeling.is_task_specific(key):
-                raise CheckpointError(f"{source}: missing BERT weight '{key}'")
+                raise CheckpointError(f"{source}: missing BERT weight '{key}'"
+                                      f"{_size_disagreement(model_keys, checkpoint)}")
             report.kept_init.append(key)
+            kind = task_module_kind(model, key)
+            report.kept_init_modules[kind] = report.kept_init_modules.get(kind, 0) + 1
             continue
         tensor = checkpoint[key]
         if tuple(tensor.shape) != tuple(target.shape):
-            raise CheckpointError(f"{source}: '{key}' has shape {tuple(tensor.shape)}, "
-                                  f"the model expects {tuple(target.shape)}")
+            raise CheckpointError(f"{source}: '{key}' has shape {tuple(tensor.shape)}, the model expects "
+                                  f"{tuple(target.shape)}{_size_disagreement(model_keys, checkpoint)}")
         to_load[key] = tensor
         report.loaded.append(key)
     for key in checkpoint:
@@ -343,6 +412,43 @@ def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
     model.load_state_dict(to_load, strict=False)
     (log or logger).info(report.summary())
     return report
+
+
+# Where a BERT state dict shows each config size: (config key, tensor key, dimension).
+_SIZE_EVIDENCE = (
+    ("hidden_size", "embeddings.word_embeddings.weight", 1),
+    ("vocab_size", "embeddings.word_embeddings.weight", 0),
+    ("max_position_embeddings", "embeddings.position_embeddings.weight", 0),
+    ("type_vocab_size", "embeddings.token_type_embeddings.weight", 0),
+    ("intermediate_size", "encoder.layer.0.intermediate.dense.weight", 0),
+)
+_LAYER_INDEX = re.compile(r"^(?:bert\.)?encoder\.layer\.(\d+)\.")
+
+
+def bert_sizes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The config sizes a BERT state dict shows (keys with or without ``bert.``)."""
+    sizes = {}
+    for name, key, dim in _SIZE_EVIDENCE:
+        tensor = state_dict.get(key, state_dict.get("bert." + key))
+        if tensor is not None and tensor.dim() > dim:
+            sizes[name] = int(tensor.shape[dim])
+    layers = {int(m.group(1)) for k in state_dict if not modeling.is_task_specific(k)
+              for m in [_LAYER_INDEX.match(k)] if m}
+    if layers:
+        sizes["num_hidden_layers"] = max(layers) + 1
+    return sizes
+
+
+def _size_disagreement(model_state: Mapping[str, torch.Tensor], checkpoint: Mapping[str, torch.Tensor]) -> str:
+    """'; the config and the checkpoint disagree on hidden_size (config 768, checkpoint
+    384): ...' or '' when every size they both show agrees."""
+    ours, theirs = bert_sizes(model_state), bert_sizes(checkpoint)
+    differ = [f"{name} (config {ours[name]}, checkpoint {theirs[name]})"
+              for name in ours if name in theirs and ours[name] != theirs[name]]
+    if not differ:
+        return ""
+    return (f"; the config and the checkpoint disagree on {', '.join(differ)}: use the config that "
+            f"belongs to the checkpoint")
 
 
 def check_state_dict(saved: Any, expected: Mapping[str, torch.Tensor], source: Any, what: str = "tensor") -> None:
@@ -390,6 +496,48 @@ def save_model_folder(model: BertForMultiTask, task_names: Sequence[str], vocab_
     atomic_write_text(folder / TASKS_FILE, json.dumps(tasks, indent=2) + "\n")
     if Path(vocab_file).resolve() != (folder / VOCAB_FILE).resolve():
         atomic_copy(vocab_file, folder / VOCAB_FILE)
+
+
+MODEL_FOLDER_FILES = (BEST_MODEL_FILE, CONFIG_FILE, VOCAB_FILE, TASKS_FILE)
+
+
+@dataclass
+class ModelFolder:
+    """What ``load_model_folder`` returns: the model (eval mode), its task names in task-id
+    order, the vocabulary file it was trained with and the config file it was built from."""
+
+    model: BertForMultiTask
+    task_names: list[str]
+    vocab_file: Path
+    config_file: Path
+
+
+def load_model_folder(folder: PathLike, weights: PathLike | None = None) -> ModelFolder:
+    """The model ``save_model_folder`` wrote (a run folder of run_multi_task.py).
+
+    Every file must be there (else CheckpointError naming the missing ones), and
+    best_model.pth (or ``weights``, another state dict of the same model) must hold
+    exactly the tensors of the model config.json and tasks.json describe (else the error
+    names the first key that differs): nothing is left at its random initialisation.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a folder (expected a run folder of run_multi_task.py)")
+    missing = [name for name in MODEL_FOLDER_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{folder}: incomplete model folder, missing {', '.join(missing)} "
+                              f"(a run folder holds {', '.join(MODEL_FOLDER_FILES)})")
+    config = BertConfig.from_json_file(folder / CONFIG_FILE)
+    tasks = read_tasks_file(folder / TASKS_FILE)
+    try:
+        model = BertForMultiTask(config.replace(num_tasks=len(tasks)), [task["num_labels"] for task in tasks])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{folder / TASKS_FILE}: does not fit {folder / CONFIG_FILE} ({err})") from None
+    weights = folder / BEST_MODEL_FILE if weights is None else Path(weights)
+    state = normalize_checkpoint_keys(read_state_dict(weights))
+    check_state_dict(state, model.state_dict(), weights)
+    model.load_state_dict(state)
+    return ModelFolder(model.eval(), [task["name"] for task in tasks], folder / VOCAB_FILE, folder / CONFIG_FILE)
 
 
 def read_tasks_file(path: PathLike) -> list[dict[str, Any]]:
@@ -470,6 +618,55 @@ def save_training_checkpoint(state: Mapping[str, Any], output_dir: PathLike,
     return path
 
 
+def mark_training_finished(output_dir: PathLike, record: Mapping[str, Any], keep_last: bool = False) -> Path:
+    """Write ``checkpoints/finished.json`` (so a later --resume says the run is done),
+    then remove ``checkpoints/last.pt`` unless ``keep_last``: a finished run cannot be
+    resumed, and the file is the largest of a run (the model and two Adam moments)."""
+    marker = Path(output_dir) / TRAINING_CHECKPOINT_DIR / FINISHED_FILE
+    atomic_write_text(marker, json.dumps(dict(record), indent=2, sort_keys=True) + "\n")
+    last = training_checkpoint_path(output_dir)
+    if not keep_last and last.exists():
+        last.unlink()
+    return marker
+
+
+def read_finished_marker(output_dir: PathLike) -> dict[str, Any] | None:
+    """What ``mark_training_finished`` wrote, or None for a run that has not finished."""
+    path = Path(output_dir) / TRAINING_CHECKPOINT_DIR / FINISHED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable ({err})") from None
+    return record if isinstance(record, dict) else {}
+
+
+def folder_size(folder: PathLike) -> int:
+    """Bytes in the files under ``folder`` (links not followed)."""
+    return sum(path.lstat().st_size for path in Path(folder).rglob("*") if path.is_file() and not path.is_symlink())
+
+
+def save_run_arguments(output_dir: PathLike, arguments: Mapping[str, Any]) -> Path:
+    path = Path(output_dir) / ARGS_FILE
+    atomic_write_text(path, json.dumps(dict(arguments), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_run_arguments(output_dir: PathLike) -> dict[str, Any] | None:
+    """The arguments ``save_run_arguments`` wrote, or None when there are none."""
+    path = Path(output_dir) / ARGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        arguments = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(arguments, dict):
+        raise CheckpointError(f"{path}: expected an object of argument names and values")
+    return arguments
+
+
 def load_training_checkpoint(output_dir: PathLike) -> dict[str, Any]:
     path = training_checkpoint_path(output_dir)
     if not path.is_file():
@@ -526,10 +723,13 @@ def shared_state_dict(model: BertForMultiTask) -> dict[str, torch.Tensor]:
 
 
 def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike) -> list[Path]:
-    """``adapters/<task>.safetensors`` per task plus ``adapters/shared_bert.safetensors``.
+    """``adapters/<task>.safetensors`` per task.
 
     Each task file carries its metadata (task name, number of labels, the config), so
-    a multi-task model can be rebuilt from the shared BERT and any set of task files.
+    a multi-task model can be rebuilt from a shared BERT and any set of task files
+    (``build_model_from_adapters``). The shared BERT is not written again: the run's
+    ``best_model.pth`` holds it (earlier versions wrote ``adapters/shared_bert.safetensors``,
+    which still loads; ``shared_state_dict`` gives that part for anyone who wants it alone).
     """
     from safetensors.torch import save_file
     folder = Path(folder)
@@ -541,9 +741,6 @@ def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str],
         with atomic_path(path) as temporary:
             save_file(task_state_dict(model, task_id), str(temporary), metadata=metadata)
         written.append(path)
-    with atomic_path(folder / SHARED_BERT_FILE) as temporary:
-        save_file(shared_state_dict(model), str(temporary), metadata={"config": config_json})
-    written.append(folder / SHARED_BERT_FILE)
     return written
 
 
@@ -563,9 +760,11 @@ def _read_safetensors(path: PathLike):
 def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[PathLike]):
     """Rebuild a multi-task model from a shared BERT and any set of task adapter files.
 
-    Returns (model, task_names). Task ids follow the order of ``adapter_files``.
-    All adapter files must come from the same architecture (same config apart from
-    the number of tasks).
+    ``shared_bert`` is any checkpoint holding the shared BERT weights: the run's
+    ``best_model.pth`` (its own adapters and heads are ignored), a plain BERT checkpoint
+    or an older run's ``adapters/shared_bert.safetensors``. Returns (model, task_names).
+    Task ids follow the order of ``adapter_files``. All adapter files must come from
+    the same architecture (same config apart from the number of tasks).
     """
     if not adapter_files:
         raise CheckpointError("no adapter checkpoints given")
@@ -581,7 +780,7 @@ def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[Pat
     task_names = [metadata["task"] for (_, metadata), _ in adapters]
     labels = [int(metadata["num_labels"]) for (_, metadata), _ in adapters]
     model = BertForMultiTask(configs[0].replace(num_tasks=len(adapters)), labels)
-    load_pretrained_weights(model, shared_bert)
+    load_pretrained_weights(model, shared_bert, shared_only=True)
     for task_id, ((tensors, _), path) in enumerate(adapters):
         _load_task_tensors(model, tensors, task_id, path)
     return model, task_names

@@ -1,5 +1,5 @@
 """What the command-line scripts share: one-line errors, exit codes, --debug, stop
-signals, logging and the output-folder lock.
+signals, logging, progress reports, --help's layout and the output-folder lock.
 
 A script's ``main`` is ``cli.run_main(run, args)``: it turns SIGINT/SIGTERM into
 ``StopRequested`` (so every atomic write removes its temporary file on the way out),
@@ -10,24 +10,47 @@ prints an expected error (``errors.Error`` or an OSError such as a full disk) as
     exit 2            bad input: one line on stderr (--debug or BERT_PALS_DEBUG=1 for
                       the traceback)
     exit 128 + N      stopped by signal N (during training after a resumable checkpoint)
+
+The ``error:`` and ``stopped:`` lines also go to the log file if one is set up
+(``train.log``), so a run's log ends with why it ended.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import logging
+import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from errors import Error, StopRequested, UsageError
 
 DEBUG_ENVIRONMENT_VARIABLE = "BERT_PALS_DEBUG"
 EXIT_BAD_INPUT = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROGRESS_LOGGER = "progress"  # plain progress lines: stderr only, never the log file
+PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal, one progress line this often
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's line breaks and shows every option's default
+    ("(default: 5e-05)"); defaults that say nothing (None, False) are left out."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
@@ -89,31 +112,181 @@ def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespa
             run(args)
     except (Error, OSError) as err:
         if debug_requested(getattr(args, "debug", False)):
+            log_to_files(logging.ERROR, error_line(err))
             raise
-        print(error_line(err), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _final_line(error_line(err), EXIT_BAD_INPUT)
     except StopRequested as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        return 128 + int(stop.signal_number)
+        return _final_line(f"stopped: {stop}", 128 + int(stop.signal_number))
     except KeyboardInterrupt:
-        print("stopped: signal 2; no partial files were left behind", file=sys.stderr)
-        return 128 + int(signal.SIGINT)
+        return _final_line("stopped: signal 2; no partial files were left behind", 128 + int(signal.SIGINT))
+    except BaseException as err:  # a bug: the traceback goes to stderr as usual, and to the log
+        log_to_files(logging.ERROR, f"crashed: {type(err).__name__}: {err}", exc_info=True)
+        raise
     return 0
 
 
+def _final_line(line: str, status: int) -> int:
+    print(line, file=sys.stderr)
+    log_to_files(logging.ERROR, line)
+    return status
+
+
+def log_to_files(level: int, message: str, exc_info: bool = False) -> None:
+    """Write one record to the log files only (train.log), not to stderr: for what the
+    script prints on stderr itself (the final ``error:`` or ``stopped:`` line)."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not handlers:
+        return
+    record = logging.getLogger("cli").makeRecord("cli", level, __file__, 0, message, None,
+                                                 sys.exc_info() if exc_info else None)
+    for handler in handlers:
+        if record.levelno >= handler.level:
+            handler.handle(record)
+
+
+class TerminalSafeHandler(logging.StreamHandler):
+    """Log lines on stderr that never share a line with a progress bar: on a terminal
+    each record goes through ``tqdm.write``, which clears the bars, writes the line and
+    draws them again; elsewhere it is a plain StreamHandler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not is_terminal(self.stream):
+            super().emit(record)
+            return
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # what logging.StreamHandler does with a failing record
+            self.handleError(record)
+
+
+class _NotProgress(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != PROGRESS_LOGGER
+
+
 def setup_logging(log_file: Path | None = None, is_main: bool = True) -> None:
-    """INFO to stderr (WARNING on ranks other than 0), and to ``log_file`` if given.
+    """INFO to stderr (WARNING on ranks other than 0), and to ``log_file`` if given
+    (appended; plain progress lines stay out of it).
 
     Without a log file, logging that is already set up (a notebook, pytest) is left alone.
     """
     level = logging.INFO if is_main else logging.WARNING
+    stderr = TerminalSafeHandler(sys.stderr)
     if log_file is None:
-        logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S")
+        logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", handlers=[stderr])
         return
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [stderr]
     if is_main:
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+        log = logging.FileHandler(log_file, encoding="utf-8")
+        log.addFilter(_NotProgress())
+        handlers.append(log)
     logging.basicConfig(level=level, handlers=handlers, force=True, format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
+# --------------------------------------------------------------------------------------
+# Progress of long loops
+# --------------------------------------------------------------------------------------
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 4m05s, 3h07m (rounded to whole seconds; '?' when unknown)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """How far a long loop has come, for every long loop of the scripts (training
+    epochs, evaluation, reading tasks, feature extraction).
+
+    On a terminal: a tqdm bar. Anywhere else (stderr redirected to a file, as in every
+    cluster job): no bar and no carriage returns, but one plain line every
+    ``interval`` seconds through the ``progress`` logger, which reaches stderr and not
+    train.log::
+
+        12:00:30 INFO progress: epoch 0: 130/300 steps (43%), 30s elapsed, ETA 39s, 4.33 steps/s, task sst, loss 0.5121
+
+    ``enabled=False`` (ranks other than 0) reports nothing.
+    """
+
+    def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True,
+                 stream: TextIO | None = None, interval: float | None = None):
+        self.total = total
+        self.desc = desc
+        self.unit = unit
+        self.count = initial
+        self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = PROGRESS_INTERVAL_SECONDS if interval is None else interval
+        self.postfix: dict[str, Any] = {}
+        self._initial = initial
+        self._started = self._last_line = time.monotonic()
+        self._lines_written = 0
+        self._last_count = initial  # the count the last plain line showed
+        self._bar = None
+        if enabled and is_terminal(self.stream):
+            self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
+                             dynamic_ncols=True, leave=False)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """``n`` more done; ``postfix`` (e.g. task, loss) is shown beside the count."""
+        self.count += n
+        if postfix:
+            self.postfix = postfix
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(n)
+        elif self.enabled and time.monotonic() - self._last_line >= self.interval:
+            self._write_line()
+
+    def line(self) -> str:
+        """The plain progress line (without the log prefix)."""
+        elapsed = time.monotonic() - self._started
+        done = self.count - self._initial
+        rate = done / elapsed if elapsed > 0 else math.nan
+        parts = [f"{self.desc}: {self.count}" + (f"/{self.total}" if self.total else "") + f" {self.unit}s"]
+        if self.total:
+            parts[0] += f" ({100 * self.count / self.total:.0f}%)"
+        parts.append(f"{format_duration(elapsed)} elapsed")
+        if self.total and rate > 0:
+            parts.append(f"ETA {format_duration((self.total - self.count) / rate)}")
+        if rate == rate:  # not NaN
+            parts.append(f"{rate:.2f} {self.unit}s/s")
+        parts += [f"{key} {value}" for key, value in self.postfix.items()]
+        return ", ".join(parts)
+
+    def _write_line(self) -> None:
+        logging.getLogger(PROGRESS_LOGGER).info(self.line())
+        self._last_line = time.monotonic()
+        self._lines_written += 1
+        self._last_count = self.count
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif self.enabled and self._lines_written and self.count != self._last_count:
+            self._write_line()  # a long loop: say where it ended
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 class OutputDirLock:

@@ -52,11 +52,11 @@ class StopRequested(BaseException):
     swallow it; the atomic writer removes its temporary file on the way out.
     """
 
-    def __init__(self, signal_number: int, checkpoint: Path | None = None):
-        if checkpoint is None:
+    def __init__(self, signal_number: int, checkpoint: Path | None = None, message: str | None = None):
+        if message is None and checkpoint is None:
             message = f"signal {signal_number}; no partial files were left behind"
-        else:
-            message = f"stopped by signal {signal_number}; resume with --resume ({checkpoint})"
+        elif message is None:
+            message = f"signal {signal_number}; resume with --resume ({checkpoint})"
         super().__init__(message)
         self.signal_number = signal_number
         self.checkpoint = checkpoint

@@ -4,8 +4,9 @@
         --vocab_file vocab.txt --bert_config_file bert_config.json \\
         --init_checkpoint pytorch_model.bin --layers=-1,-2,-3,-4
 
-Input: one example per line; ``A ||| B`` is a sentence pair. Output: one JSON object per
-input line, in input order, exactly as the original wrote them::
+Input: one example per line; ``A ||| B`` or ``A<TAB>B`` is a sentence pair
+(``glue.split_text_pair``). Output: one JSON object per input line, in input order,
+exactly as the original wrote them::
 
     {"linex_index": 0, "features": [{"token": "[CLS]", "layers": [{"index": -1,
      "values": [0.123457, ...]}, ...]}, ...]}
@@ -29,31 +30,25 @@ appears under its name only when complete.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import logging
-import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-import checkpointing
 import cli
 import tokenization
-from checkpointing import load_pretrained_weights, read_state_dict
+from checkpointing import atomic_text_output, load_pretrained_weights, read_state_dict
 from errors import CheckpointError, ConfigError, DataError, UsageError
-from glue import InputExample, InputFeatures, example_to_features
+from glue import InputExample, InputFeatures, example_to_features, iter_text_lines, split_text_pair
 from modeling import BertConfig, BertModel, task_of_key
 
 logger = logging.getLogger("extract_features")
 
-PAIR_PATTERN = re.compile(r"^(.*) \|\|\| (.*)$")
 CHUNK_BATCHES = 64  # length-grouping window: at most this many batches ...
 WINDOW_VALUES = 2 ** 26  # ... and at most this many buffered float32 values (256 MiB)
 DECIMALS = 6
@@ -64,55 +59,26 @@ DECIMALS = 6
 # --------------------------------------------------------------------------------------
 
 
-def iter_text_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) of a UTF-8 file, without line endings.
-
-    Lines end at \\n, \\r\\n or \\r, as in Python's text mode (the original read the file
-    in text mode). A line that is not UTF-8 raises DataError naming the file and the
-    line. The file is read lazily, so inputs larger than memory work.
-    """
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: input file not found") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read input file: {err.strerror}") from None
-    with handle:
-        line_number = 0
-        for raw in handle:
-            line_number += 1
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{line_number}: not valid UTF-8 ({err.reason} at byte "
-                                 f"{err.start} of the line)") from None
-            text = text[:-1] if text.endswith("\n") else text
-            text = text[:-1] if text.endswith("\r") else text
-            # A lone \r is a line break in text mode too.
-            for piece in text.split("\r"):
-                yield line_number, piece
-
-
 def parse_line(line: str, unique_id: int) -> InputExample:
-    """``A ||| B`` is a pair, anything else a single sentence (surrounding space stripped).
-
-    The example's guid is ``unique_id`` (written as the output's ``linex_index``)."""
-    line = line.strip()
-    match = PAIR_PATTERN.match(line)
-    if match is None:
-        return InputExample(unique_id, line)
-    return InputExample(unique_id, match.group(1), match.group(2))
+    """One input line as an example (the rule: ``glue.split_text_pair``); its guid is
+    ``unique_id`` (written as the output's ``linex_index``). ValueError for a line with
+    more than one tab."""
+    text_a, text_b = split_text_pair(line)
+    return InputExample(unique_id, text_a, text_b)
 
 
 def read_examples(path: str) -> Iterator[InputExample]:
     """Examples in file order; the guid is the 0-based line index."""
-    for unique_id, (_, line) in enumerate(iter_text_lines(path)):
-        yield parse_line(line, unique_id)
+    for unique_id, (line_number, line) in enumerate(iter_text_lines(path)):
+        try:
+            yield parse_line(line, unique_id)
+        except ValueError as err:
+            raise DataError(f"{path}:{line_number}: {err}") from None
 
 
 def count_examples(path: str) -> int:
-    """Number of examples; also checks every line is UTF-8 before any model work."""
-    return sum(1 for _ in iter_text_lines(path))
+    """Number of examples; also checks every line before any model work."""
+    return sum(1 for _ in read_examples(path))
 
 
 def convert_example(example: InputExample, tokenizer, max_seq_length: int) -> InputFeatures:
@@ -395,20 +361,6 @@ class OrderedLineWriter:
         return written
 
 
-@contextlib.contextmanager
-def atomic_text_output(path: str) -> Iterator[TextIO]:
-    """A text stream whose content replaces ``path`` only when the block succeeds
-    (``checkpointing.atomic_path``: temporary file, flushed to disk, then renamed)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise UsageError(f"{path}: output folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"{path}: is a folder; --output_file must name a file")
-    with checkpointing.atomic_path(path) as temporary:
-        with open(temporary, "w", encoding="utf-8", newline="\n") as stream:
-            yield stream
-
-
 # --------------------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------------------
@@ -417,7 +369,7 @@ def atomic_text_output(path: str) -> Iterator[TextIO]:
 def extract_features(model: torch.nn.Module, examples: Iterable[InputExample], tokenizer, stream: TextIO,
                      layer_indexes: Sequence[int], max_seq_length: int, batch_size: int,
                      device: torch.device, task_id: int = 0, bf16: bool = False,
-                     progress: tqdm | None = None, hidden_size: int = 768) -> int:
+                     progress: cli.Progress | None = None, hidden_size: int = 768) -> int:
     """Encode every example and write its JSON line in input order. Returns lines written."""
     writer = OrderedLineWriter(stream, render=lambda result: format_example(*result, layer_indexes))
     features = (convert_example(example, tokenizer, max_seq_length) for example in examples)
@@ -438,18 +390,19 @@ def extract_features(model: torch.nn.Module, examples: Iterable[InputExample], t
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     parser.add_argument("--input_file", required=True, help="UTF-8 text, one example per line ('A ||| B' for a pair)")
     parser.add_argument("--vocab_file", required=True, help="WordPiece vocabulary of the model")
     parser.add_argument("--output_file", required=True, help="JSON lines, one per input line")
     parser.add_argument("--bert_config_file", required=True, help="config of the model (may set adapters)")
     parser.add_argument("--init_checkpoint", required=True,
                         help="weights: converted TF, Hugging Face folder/file, or a multi-task checkpoint")
-    parser.add_argument("--layers", default="-1,-2,-3,-4",
-                        help="comma-separated layer indexes, -1 = last; write negative lists as --layers=-1,-2")
-    parser.add_argument("--max_seq_length", type=int, default=128,
-                        help="longer examples are truncated (pairs: the longer sentence first)")
+    parser.add_argument("--layers",
+                        help=f"comma-separated layer indexes, -1 = last; write negative lists as --layers=-1,-2 "
+                             f"(default: {DEFAULT_LAYERS}, or every layer of a model with fewer)")
+    parser.add_argument("--max_seq_length", type=int,
+                        help=f"longer examples are truncated (pairs: the longer sentence first) (default: "
+                             f"{DEFAULT_MAX_SEQ_LENGTH}, or max_position_embeddings of a model with fewer)")
     parser.add_argument("--do_lower_case", action="store_true", default=True,
                         help="lower-case and strip accents (the default; for uncased models)")
     parser.add_argument("--no_do_lower_case", "--no-do_lower_case", dest="do_lower_case", action="store_false",
@@ -465,6 +418,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_LAYERS = "-1,-2,-3,-4"
+DEFAULT_MAX_SEQ_LENGTH = 128
+
+
+def resolve_defaults(args: argparse.Namespace, config: BertConfig) -> tuple[str, int]:
+    """--layers and --max_seq_length, the defaults fitted to a small model with a warning
+    (values given on the command line are taken as they are, and checked)."""
+    layers, max_seq_length = args.layers, args.max_seq_length
+    if layers is None:
+        available = min(4, config.num_hidden_layers)
+        layers = ",".join(str(-k) for k in range(1, available + 1))
+        if available < 4:
+            logger.warning("the model has %d layers: writing layers %s instead of the default %s",
+                           config.num_hidden_layers, layers, DEFAULT_LAYERS)
+    if max_seq_length is None:
+        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, config.max_position_embeddings)
+        if max_seq_length < DEFAULT_MAX_SEQ_LENGTH:
+            logger.warning("the model has %d positions (max_position_embeddings): --max_seq_length %d instead "
+                           "of the default %d", config.max_position_embeddings, max_seq_length,
+                           DEFAULT_MAX_SEQ_LENGTH)
+    return layers, max_seq_length
+
+
 def check_arguments(args: argparse.Namespace, config_max_positions: int) -> None:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -472,22 +448,33 @@ def check_arguments(args: argparse.Namespace, config_max_positions: int) -> None
         raise UsageError(f"--max_seq_length must be at least 3 ([CLS] A [SEP] B [SEP]), got {args.max_seq_length}")
     if args.max_seq_length > config_max_positions:
         raise UsageError(f"--max_seq_length {args.max_seq_length} is larger than max_position_embeddings "
-                         f"({config_max_positions}) of {args.bert_config_file}")
+                         f"({config_max_positions}) of {args.bert_config_file}: use --max_seq_length "
+                         f"{config_max_positions} or less")
+
+
+def check_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, args: argparse.Namespace) -> None:
+    """Ids beyond the embedding table are an error; another size or a casing that
+    disagrees with lower-casing is a warning (tokenization.vocabulary_warnings)."""
+    largest_id = max(tokenizer.vocab.values())
+    if largest_id >= config.vocab_size:
+        raise ConfigError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
+                         f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
+                         f"belong to this model")
+    for problem in tokenization.vocabulary_warnings(tokenizer.vocab, config.vocab_size, args.do_lower_case):
+        logger.warning("%s %s (%s)", args.vocab_file, problem,
+                       "--no_do_lower_case keeps case" if not args.do_lower_case else "lower-casing is the default")
 
 
 def run(args: argparse.Namespace) -> int:
     config = BertConfig.from_json_file(args.bert_config_file)
+    args.layers, args.max_seq_length = resolve_defaults(args, config)
     check_arguments(args, config.max_position_embeddings)
     layer_indexes = parse_layers(args.layers, config.num_hidden_layers)
     num_examples = count_examples(args.input_file)  # fails on a bad line before any model work
     if num_examples == 0:
         raise DataError(f"{args.input_file}: input file is empty: nothing to extract")
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
-    largest_id = max(tokenizer.vocab.values())
-    if largest_id >= config.vocab_size:
-        raise ConfigError(f"{args.vocab_file} has token ids up to {largest_id}, but vocab_size in "
-                         f"{args.bert_config_file} is {config.vocab_size}: the vocabulary does not "
-                         f"belong to this model")
+    check_vocabulary(tokenizer, config, args)
     model, task_id = load_model(config, args.init_checkpoint, args.task_id)
     device = select_device(args.no_cuda, args.local_rank)
     model.to(device)
@@ -495,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
         model = torch.nn.DataParallel(model)
     logger.info("device: %s, bf16: %s, task: %d, %d examples", device, args.bf16, task_id, num_examples)
     with atomic_text_output(args.output_file) as stream, \
-            tqdm(total=num_examples, unit="lines", desc="extracting") as progress:
+            cli.Progress(total=num_examples, unit="line", desc="extracting") as progress:
         written = extract_features(model, read_examples(args.input_file), tokenizer, stream, layer_indexes,
                                    args.max_seq_length, args.batch_size, device, task_id, args.bf16, progress,
                                    hidden_size=config.hidden_size)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import codecs
 import csv
+import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,6 +335,63 @@ def _parse_score(text: str) -> float | None:
 
 
 # ---------------------------------------------------------------------------
+# Free text, one example per line (extract_features.py, predict.py)
+# ---------------------------------------------------------------------------
+
+# The original's pair separator: " ||| " with a space on each side.
+PAIR_PATTERN = re.compile(r"^(.*) \|\|\| (.*)$")
+
+
+def iter_text_lines(path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) of a UTF-8 file, without line endings.
+
+    Lines end at \\n, \\r\\n or \\r, as in Python's text mode (the original read the file
+    in text mode). A line that is not UTF-8 raises DataError naming the file and the
+    line. The file is read lazily, so inputs larger than memory work.
+    """
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: input file not found") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read input file: {err.strerror}") from None
+    with handle:
+        line_number = 0
+        for raw in handle:
+            line_number += 1
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{line_number}: not valid UTF-8 ({err.reason} at byte "
+                                 f"{err.start} of the line)") from None
+            text = text[:-1] if text.endswith("\n") else text
+            text = text[:-1] if text.endswith("\r") else text
+            # A lone \r is a line break in text mode too.
+            for piece in text.split("\r"):
+                yield line_number, piece
+
+
+def split_text_pair(line: str) -> tuple[str, str | None]:
+    """The input rule of extract_features.py and predict.py: (text_a, text_b or None).
+
+    ``A ||| B`` (the original's separator, a space on each side) or ``A<TAB>B`` is a
+    sentence pair; any other line is one sentence. Surrounding whitespace is stripped.
+    A line with more than one tab (and no ``|||``) is refused with ValueError: which
+    tab separates the pair would be a guess.
+    """
+    line = line.strip()
+    match = PAIR_PATTERN.match(line)
+    if match is not None:
+        return match.group(1), match.group(2)
+    if "\t" not in line:
+        return line, None
+    fields = line.split("\t")
+    if len(fields) > 2:
+        raise ValueError(f"{len(fields)} tab-separated fields; a pair is 'A<TAB>B' or 'A ||| B'")
+    return fields[0].strip(), fields[1].strip()
+
+
+# ---------------------------------------------------------------------------
 # Features (spec 3.4) and batching
 # ---------------------------------------------------------------------------
 
@@ -349,6 +408,7 @@ class InputFeatures:
     label_id: int | float | None = None
     tokens: list[str] | None = None
     guid: str | int | None = None
+    truncated: bool = False  # the example had more tokens than max_seq_length allows
 
 
 def truncate_seq_pair(tokens_a, tokens_b, max_length) -> None:
@@ -378,11 +438,13 @@ def example_to_features(example: InputExample, tokenizer, max_seq_length: int, t
 
     A pair is truncated longest-first (truncate_seq_pair), a single sentence from the end.
     With ``task`` (a registry key) the label becomes its id, else label_id is None;
-    ``keep_tokens`` also keeps the word pieces and the example's guid.
+    ``keep_tokens`` also keeps the word pieces and the example's guid; ``truncated`` says
+    whether tokens were dropped.
     max_seq_length must be at least 3.
     """
     tokens_a = tokenizer.tokenize(example.text_a)
     tokens_b = tokenizer.tokenize(example.text_b) if example.text_b else []
+    truncated = len(tokens_a) + len(tokens_b) > max_seq_length - (3 if tokens_b else 2)
     if tokens_b:
         truncate_seq_pair(tokens_a, tokens_b, max_seq_length - 3)
     else:
@@ -395,8 +457,8 @@ def example_to_features(example: InputExample, tokenizer, max_seq_length: int, t
     input_ids = list(tokenizer.convert_tokens_to_ids(tokens))
     label_id = _label_id(task, example.label) if task is not None else None
     if keep_tokens:
-        return InputFeatures(input_ids, segment_ids, label_id, tokens=tokens, guid=example.guid)
-    return InputFeatures(input_ids, segment_ids, label_id)
+        return InputFeatures(input_ids, segment_ids, label_id, tokens=tokens, guid=example.guid, truncated=truncated)
+    return InputFeatures(input_ids, segment_ids, label_id, truncated=truncated)
 
 
 def _label_id(task: str, label: str | None) -> int | float | None:
@@ -754,12 +816,17 @@ TEST_SPLITS: dict[str, tuple[tuple[str, str], ...]] = {
 _SUBMISSION_TASK = {"mnli-m": "mnli", "mnli-mm": "mnli", "ax": "mnli"}
 
 
+def regression_score(pred) -> float:
+    """An STS-B prediction on GLUE's 0-5 scale (the model predicts score / 5), clipped."""
+    return min(max(float(pred) * 5.0, 0.0), 5.0)
+
+
 def prediction_label(task, pred) -> str:
     """A prediction as GLUE expects it: the label string, or the STS-B score on 0-5."""
     task = _SUBMISSION_TASK.get(task, task)
     spec = TASKS[_canonical_task(task)]
     if spec.is_regression:
-        return f"{min(max(float(pred) * 5.0, 0.0), 5.0):.3f}"
+        return f"{regression_score(pred):.3f}"
     index = int(pred)
     if index != pred or not 0 <= index < len(spec.labels):
         raise ValueError(f"prediction {pred!r} is not a class id of {spec.name} (0..{len(spec.labels) - 1})")

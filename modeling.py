@@ -17,10 +17,15 @@ The adapter beside each layer (mult) or in the Houlsby FFN position comes from t
 registry ``ADAPTERS`` ("pals", "low_rank"; ``register_adapter`` adds more); the config
 key ``adapter`` names one, and without it the ``pals`` flag chooses, as in the original.
 
-Layout of this file: configuration; BERT blocks; adapters and their registry; layer and
-encoder; BertModel; heads; which state-dict keys are task-specific. The speed kernels
-(dropout masks and the attention with dropout) live in kernels.py and are chosen when a
-model is built: ``BertModel(config, kernels=Kernels.plain())``.
+The task index ``i`` (``task_id`` in the heads) is an int, one task for the whole batch
+as in the original, or a LongTensor [B] of per-row task ids for a batch that mixes
+tasks: the shared layers then run once over all rows and each task-specific part runs
+on its own rows (``per_task``, the one place that dispatches rows to tasks).
+
+Layout of this file: configuration; BERT blocks; adapters and their registry; one task
+or one per row; layer and encoder; BertModel; heads; which state-dict keys are
+task-specific. The speed kernels (dropout masks and the attention with dropout) live in
+kernels.py and are chosen when a model is built: ``BertModel(config, kernels=Kernels.plain())``.
 
 Shape legend used in comments:
     B  batch size            T  sequence length
@@ -35,8 +40,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import logging
+import math
+import operator
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import ConfigError
+from errors import ConfigError, UsageError
 from kernels import Dropout, Kernels, attention, set_kernels
 
 logger = logging.getLogger(__name__)
@@ -399,10 +407,10 @@ class BERTSelfOutput(nn.Module):
             # The attention-position adapter is always low-rank (width extra_dim if set).
             self.multi_layers = task_adapters(config, "low_rank")
 
-    def forward(self, hidden_states, input_tensor, attention_mask=None, i: int = 0) -> torch.Tensor:
+    def forward(self, hidden_states, input_tensor, attention_mask=None, i: Task = 0) -> torch.Tensor:
         hidden_states = self.dropout(self.dense(hidden_states))  # [B, T, H]
         if self.houlsby:
-            hidden_states = hidden_states + self.multi_layers[i](hidden_states, attention_mask)
+            hidden_states = hidden_states + per_task(self.multi_layers, i, hidden_states, attention_mask)
         return self.LayerNorm(hidden_states + input_tensor)  # [B, T, H]
 
 
@@ -414,7 +422,7 @@ class BERTAttention(nn.Module):
         self.self = BERTSelfAttention(config, multi_params)
         self.output = BERTSelfOutput(config, multi_params, houlsby)
 
-    def forward(self, input_tensor, attention_mask, i: int = 0) -> torch.Tensor:
+    def forward(self, input_tensor, attention_mask, i: Task = 0) -> torch.Tensor:
         context = self.self(input_tensor, attention_mask)  # [B, T, H]
         return self.output(context, input_tensor, attention_mask, i=i)
 
@@ -447,10 +455,10 @@ class BERTOutput(nn.Module):
         if houlsby:
             self.multi_layers = task_adapters(config, config.adapter_name)
 
-    def forward(self, hidden_states, input_tensor, attention_mask=None, i: int = 0) -> torch.Tensor:
+    def forward(self, hidden_states, input_tensor, attention_mask=None, i: Task = 0) -> torch.Tensor:
         hidden_states = self.dropout(self.dense(hidden_states))  # [B, T, H]
         if self.houlsby:
-            hidden_states = hidden_states + self.multi_layers[i](input_tensor, attention_mask)
+            hidden_states = hidden_states + per_task(self.multi_layers, i, input_tensor, attention_mask)
         return self.LayerNorm(hidden_states + input_tensor)  # [B, T, H]
 
 
@@ -546,6 +554,88 @@ def task_adapters(config: BertConfig, name: str) -> nn.ModuleList:
 
 
 # --------------------------------------------------------------------------------------
+# One task per batch, or one per row
+#
+# Every task-specific part (adapter, LHUC, module on top, head) is called through
+# ``per_task(parts, i, *inputs)``. With an int ``i`` that is ``parts[i](*inputs)``, the
+# original's call. With ``TaskRows`` (a mixed-task batch) each task's part runs on that
+# task's rows only, and the results are put back in row order; everything shared runs
+# once over all rows.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskRows:
+    """Which rows of a mixed-task batch belong to which task (built by ``resolve_task``)."""
+
+    tasks: tuple[int, ...]  # the distinct tasks, ascending
+    rows: tuple[slice | torch.Tensor, ...]  # each task's rows: a slice when consecutive, else indexes [B_t]
+    restore: torch.Tensor | None  # [B] row order from task-grouped order; None when already grouped
+
+    @classmethod
+    def of(cls, task_ids: Sequence[int], device: torch.device) -> TaskRows:
+        tasks = tuple(sorted(set(task_ids)))
+        counts = [task_ids.count(task) for task in tasks]
+        if list(task_ids) == sorted(task_ids):  # rows grouped by task: slices are views
+            ends = itertools.accumulate(counts)
+            return cls(tasks, tuple(slice(end - n, end) for end, n in zip(ends, counts)), None)
+        order = torch.argsort(torch.tensor(task_ids, device=device), stable=True)  # [B], grouped by task
+        return cls(tasks, tuple(order.split(counts)), torch.argsort(order))
+
+
+Task = int | TaskRows
+
+
+def per_task(parts: nn.ModuleList | Callable[..., torch.Tensor], i: Task, *inputs: torch.Tensor | None) -> torch.Tensor:
+    """``parts[i](*inputs)``, or for a mixed-task batch each task's part on its own rows.
+
+    ``parts`` is a per-task ModuleList, or a function ``(task, *inputs)``. Inputs are
+    [B, ...] tensors (or None, passed on as is); every task's output is [B_t, ...] with
+    the same trailing shape, and the result is [B, ...] in the batch's row order.
+    """
+    def run(task: int, *args):
+        return parts[task](*args) if isinstance(parts, nn.ModuleList) else parts(task, *args)
+
+    if not isinstance(i, TaskRows):
+        return run(i, *inputs)
+    if len(i.tasks) == 1:
+        return run(i.tasks[0], *inputs)
+    outputs = [run(task, *(None if x is None else x[rows] for x in inputs))  # [B_t, ...]
+               for task, rows in zip(i.tasks, i.rows)]
+    grouped = torch.cat(outputs)  # [B, ...], rows grouped by task
+    return grouped if i.restore is None else grouped.index_select(0, i.restore)
+
+
+def resolve_task(i: int | torch.Tensor | TaskRows, num_tasks: int, batch_size: int) -> Task:
+    """Check a task index: an int in [0, num_tasks), or per-row task ids [B] (TaskRows).
+
+    A bad index is a one-line UsageError (ModuleList would raise a bare IndexError, or
+    silently take a negative index from the end).
+    """
+    if isinstance(i, TaskRows):
+        return i
+    if isinstance(i, torch.Tensor) and i.dim() == 1:
+        if i.dtype.is_floating_point or i.dtype == torch.bool or len(i) != batch_size:
+            raise UsageError(f"per-row task ids must be an integer tensor of {batch_size} values (one per "
+                             f"row), got {i.dtype} of shape {tuple(i.shape)}")
+        task_ids = i.tolist()
+        bad = next((row for row, task in enumerate(task_ids) if not 0 <= task < num_tasks), None)
+        if bad is not None:
+            raise UsageError(f"task id {task_ids[bad]} (row {bad}) is out of range: the model has "
+                             f"{num_tasks} task(s), 0..{num_tasks - 1}")
+        return TaskRows.of(task_ids, i.device)
+    try:
+        task = operator.index(i)  # an int, a numpy integer or a 0-d integer tensor
+    except TypeError:
+        task = None
+    if task is None or isinstance(i, bool) or (isinstance(i, torch.Tensor) and i.dim() != 0):
+        raise UsageError(f"a task id must be an int or a 1-D tensor of per-row task ids, got {i!r}")
+    if not 0 <= task < num_tasks:
+        raise UsageError(f"task id {task} is out of range: the model has {num_tasks} task(s), 0..{num_tasks - 1}")
+    return task
+
+
+# --------------------------------------------------------------------------------------
 # Layer and encoder
 # --------------------------------------------------------------------------------------
 
@@ -572,19 +662,19 @@ class BERTLayer(nn.Module):
         if mult:
             self.multi_layers = task_adapters(config, config.adapter_name)
 
-    def forward(self, hidden_states, attention_mask, i: int = 0) -> torch.Tensor:
+    def forward(self, hidden_states, attention_mask, i: Task = 0) -> torch.Tensor:
         attention_output = self.attention(hidden_states, attention_mask, i)  # [B, T, H]
         intermediate_output = self.intermediate(attention_output)  # [B, T, I]
         if self.mult:
-            extra = self.multi_layers[i](hidden_states, attention_mask)  # [B, T, H], reads the layer input
+            extra = per_task(self.multi_layers, i, hidden_states, attention_mask)  # [B, T, H], reads the layer input
             if self.lhuc:
-                extra = self.multi_lhuc[i](extra)
+                extra = per_task(self.multi_lhuc, i, extra)
             return self.output(intermediate_output, attention_output + extra)
         # Houlsby adapters get the task index and mask; with LHUC too, the original took
         # an LHUC branch first that dropped both (task 0's adapter for every task).
         layer_output = self.output(intermediate_output, attention_output, attention_mask, i)  # [B, T, H]
         if self.lhuc:
-            layer_output = self.multi_lhuc[i](layer_output)
+            layer_output = per_task(self.multi_lhuc, i, layer_output)
         return layer_output
 
 
@@ -633,17 +723,17 @@ class BERTEncoder(nn.Module):
                 pal.aug_dense = self.mult_aug_dense[task]
                 pal.aug_dense2 = self.mult_aug_dense2[task]
 
-    def forward(self, hidden_states, attention_mask, i: int = 0) -> list[torch.Tensor]:
+    def forward(self, hidden_states, attention_mask, i: Task = 0) -> list[torch.Tensor]:
         all_encoder_layers = []
         for layer_module in self.layer:
             hidden_states = layer_module(hidden_states, attention_mask, i)
             all_encoder_layers.append(hidden_states)
         if self.config.top:
             # The task's module on top replaces the last output (no residual to it).
-            all_encoder_layers[-1] = self._run_top(hidden_states, attention_mask, i)
+            all_encoder_layers[-1] = per_task(self._run_top, i, hidden_states, attention_mask)
         return all_encoder_layers
 
-    def _run_top(self, hidden_states, attention_mask, i: int) -> torch.Tensor:
+    def _run_top(self, i: int, hidden_states, attention_mask) -> torch.Tensor:
         """Top attention: top_i(h) = D_i · B_i,6(... B_i,1(E_i · h)), each B a 12-head
         attention sublayer over A (with its output matrix, residual and LayerNorm);
         E_i = mult_dense: H -> A, D_i = mult_dense2: A -> H. Or, with bert_lay_top, a
@@ -664,7 +754,7 @@ class BERTPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
-    def forward(self, hidden_states: torch.Tensor, i: int = 0) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, i: Task = 0) -> torch.Tensor:
         first_token = hidden_states[:, 0]  # [B, H]
         return self.activation(self.dense(first_token))
 
@@ -689,8 +779,9 @@ class BertModel(nn.Module):
     """BERT: embeddings, encoder (with adapters) and pooler.
 
     forward(input_ids [B, T], token_type_ids [B, T] or None, attention_mask [B, T] or
-    None, i = task index) returns (all_encoder_layers, pooled_output): a list of
-    num_hidden_layers tensors [B, T, H] (embeddings not included) and [B, H].
+    None, i = task index, or per-row task ids [B]) returns (all_encoder_layers,
+    pooled_output): a list of num_hidden_layers tensors [B, T, H] (embeddings not
+    included) and [B, H].
     ``kernels`` (keyword only) chooses the speed kernels, default ``Kernels()`` (all
     fast); ``Kernels.plain()`` uses torch's dropout (see kernels.py).
     """
@@ -705,7 +796,8 @@ class BertModel(nn.Module):
         self.kernels = Kernels() if kernels is None else kernels
         set_kernels(self, self.kernels)
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, i: int = 0):
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, i: int | torch.Tensor = 0):
+        i = resolve_task(i, self.config.num_tasks, input_ids.size(0))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embedding_output = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
@@ -792,6 +884,10 @@ class BertForMultiTask(_BertHead):
     ``tasks`` lists the number of labels of each task; a task with one label is a
     regression task (mean squared error on one output).
     forward(...) returns logits [B, n_labels], or (loss, logits) when labels are given.
+    With per-row task ids ``task_id`` [B] (a mixed-task batch) it returns logits
+    [B, max n_labels]: row r holds its task's logits, and the columns past that task's
+    label count are -inf (so softmax and argmax per row are unchanged); no labels then.
+    ``name`` is the original's unused task name: labels go in as ``labels=``.
     """
 
     def __init__(self, config: BertConfig, tasks: Sequence[int], *, kernels: Kernels | None = None):
@@ -808,11 +904,26 @@ class BertForMultiTask(_BertHead):
         self._finish_init()
 
     def forward(self, input_ids, token_type_ids, attention_mask, task_id, name: str = "cola", labels=None):
-        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, task_id)
-        logits = self.classifier[task_id](self.dropout(pooled_output))  # [B, n_labels]
+        if isinstance(name, torch.Tensor):
+            raise UsageError("BertForMultiTask: the fifth argument is the unused task name, not the labels; "
+                             "pass them as labels=labels")
+        task = resolve_task(task_id, self.config.num_tasks, input_ids.size(0))
+        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask, task)
+        pooled_output = self.dropout(pooled_output)  # [B, H]
+        if isinstance(task, TaskRows):
+            if labels is not None:
+                raise UsageError("BertForMultiTask: labels need one task per batch (an int task_id); "
+                                 "a mixed-task batch returns logits only")
+            return per_task(self._padded_logits, task, pooled_output)  # [B, max n_labels]
+        logits = self.classifier[task](pooled_output)  # [B, n_labels]
         if labels is None:
             return logits
-        return classification_loss(logits, labels, self.num_labels[task_id]), logits
+        return classification_loss(logits, labels, self.num_labels[task]), logits
+
+    def _padded_logits(self, task: int, pooled_output: torch.Tensor) -> torch.Tensor:
+        """One task's logits [B_t, n], padded with -inf to [B_t, max n_labels]."""
+        logits = self.classifier[task](pooled_output)
+        return F.pad(logits, (0, max(self.num_labels) - logits.size(-1)), value=-math.inf)
 
 
 class BertForSequenceClassification(_BertHead):

@@ -17,8 +17,10 @@ orchestrates.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,41 +38,50 @@ from modeling import BertConfig
 
 logger = logging.getLogger("run_multi_task")
 
+REQUIRED_FLAGS = ("data_dir", "bert_config_file", "vocab_file")  # checked after args.json is read
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
+    required = "required (with --resume: taken from the run's args.json)"
     original = parser.add_argument_group("the original's flags")
-    original.add_argument("--data_dir", required=True, help="GLUE root holding CoLA/, MRPC/, ...")
-    original.add_argument("--bert_config_file", required=True, help="JSON config (configs/*.json)")
-    original.add_argument("--vocab_file", required=True, help="WordPiece vocabulary")
+    original.add_argument("--data_dir", help=f"GLUE root holding CoLA/, MRPC/, ...; {required}")
+    original.add_argument("--bert_config_file", help=f"JSON config (configs/*.json); {required}")
+    original.add_argument("--vocab_file", help=f"WordPiece vocabulary; {required}")
     original.add_argument("--output_dir", required=True, help="where models, metrics and plots go")
     original.add_argument("--init_checkpoint", help="pretrained BERT: original .pth/.bin, HF folder or file")
     original.add_argument("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased BERT)")
-    original.add_argument("--max_seq_length", type=int, default=128)
+    original.add_argument("--max_seq_length", type=int, default=128,
+                          help="longer examples are truncated (pairs: the longer sentence first)")
     original.add_argument("--multi", action="store_true",
                           help="accepted for compatibility: adapters missing from the checkpoint always keep their init")
-    original.add_argument("--do_train", action="store_true")
+    original.add_argument("--do_train", action="store_true",
+                          help="train; evaluates on dev after every epoch and keeps the best model")
     original.add_argument("--optim", default="normal",
                           help="'normal', or anything else to train PAL attention with its own optimizer at lr 3e-4")
     original.add_argument("--sample", default="rr", choices=glue.SAMPLING_METHODS, help="task sampling")
-    original.add_argument("--do_eval", action="store_true", help="evaluate on dev after every epoch")
+    original.add_argument("--do_eval", action="store_true",
+                          help="without --do_train: evaluate the checkpoint once on the dev sets "
+                               "(training evaluates after every epoch with or without it)")
     original.add_argument("--train_batch_size", type=int, default=32,
                           help="examples per optimizer step, over all ranks and accumulation steps")
-    original.add_argument("--eval_batch_size", type=int, default=8)
+    original.add_argument("--eval_batch_size", type=int, default=8, help="examples per evaluation batch")
     original.add_argument("--h_aug", default="n/a", help="override hidden_size_aug")
     original.add_argument("--tasks", default="all",
                           help="'all' (the original eight), 'single' (with --task_id), 'inf', or a comma list")
     original.add_argument("--task_id", type=int, default=1, help="with --tasks single: index in the 'all' order")
-    original.add_argument("--learning_rate", type=float, default=5e-5)
-    original.add_argument("--num_train_epochs", type=float, default=3.0)
-    original.add_argument("--warmup_proportion", type=float, default=0.1)
+    original.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate of BERTAdam")
+    original.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (a whole number)")
+    original.add_argument("--warmup_proportion", type=float, default=0.1,
+                          help="share of the steps over which the learning rate rises linearly")
     original.add_argument("--save_checkpoints_steps", type=int, default=1000,
                           help="write a resumable training checkpoint every N optimizer steps (0: per epoch only)")
     original.add_argument("--freeze", action="store_true", help="train only adapters, LayerNorms and heads")
-    original.add_argument("--no_cuda", action="store_true")
+    original.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
     original.add_argument("--local_rank", type=int, default=-1, help="set by the launcher (or LOCAL_RANK)")
-    original.add_argument("--seed", type=int, default=42)
-    original.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    original.add_argument("--seed", type=int, default=42, help="seed of every random number generator")
+    original.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                          help="split each optimizer step's batch into this many forward/backward passes")
 
     added = parser.add_argument_group("beyond the original")
     added.add_argument("--steps_per_epoch", type=int,
@@ -88,13 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--predict_checkpoint",
                        help="model folder (or best_model.pth) to predict with; default: this run's best model")
     added.add_argument("--adapter_checkpoints",
-                       help="comma list of task adapter files to rebuild the model from "
-                            "(with --init_checkpoint pointing at the shared BERT)")
+                       help="comma list of task adapter files (a run's adapters/<task>.safetensors) to rebuild "
+                            "the model from, with --init_checkpoint giving the shared BERT (that run's "
+                            "best_model.pth)")
     added.add_argument("--keep_epoch_checkpoints", action="store_true",
                        help="also keep checkpoints/epoch_<n>.pt after every epoch (large)")
+    added.add_argument("--keep_last_checkpoint", action="store_true",
+                       help="keep checkpoints/last.pt when the run finishes (removed by default: the largest "
+                            "file of a run, and a finished run cannot be resumed)")
     added.add_argument("--no_save_adapters", action="store_true", help="do not write per-task adapter files")
-    added.add_argument("--overwrite_output_dir", action="store_true")
-    added.add_argument("--resume", action="store_true", help="continue the run in --output_dir")
+    added.add_argument("--overwrite_output_dir", action="store_true",
+                       help="train in a used --output_dir: the previous run's outputs are removed first "
+                            "(train.log is kept and marks where the new run starts)")
+    added.add_argument("--resume", action="store_true",
+                       help="continue the run in --output_dir from checkpoints/last.pt, with the arguments "
+                            "saved in its args.json (flags given again must agree with them)")
     added.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     added.add_argument("--fp16", action="store_true", help="float16 autocast with loss scaling (CUDA)")
     added.add_argument("--skip_nonfinite_loss", action="store_true",
@@ -102,9 +121,97 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--layer_norm_init", default="original", choices=training.LAYER_NORM_INITS,
                        help="LayerNorms not loaded from the checkpoint (adapters, modules on top): the "
                             "original's gamma, beta ~ N(0, 0.02), or 'standard' gamma 1, beta 0")
-    added.add_argument("--no_plot", action="store_true")
+    added.add_argument("--logging_steps", type=int, default=50,
+                       help="log step, task, loss, examples/s, real tokens/s and ETA every N steps (0: never)")
+    added.add_argument("--logging_dir",
+                       help="also write those numbers and every evaluation as TensorBoard scalars to this "
+                            "folder (needs the tensorboard package)")
+    added.add_argument("--no_plot", action="store_true", help="do not draw training_curves.png")
     cli.add_debug_flag(added)
     return parser
+
+
+def flags_given(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The destinations of the flags written on the command line (not left at their
+    default): ``argv`` parsed again by a copy of the parser's options whose defaults are
+    suppressed, so only what was written appears."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if action.nargs == 0:
+                kwargs["action"] = "store_true"
+            else:
+                kwargs["nargs"] = action.nargs
+            probe.add_argument(*action.option_strings, **kwargs)
+    return set(vars(probe.parse_known_args(argv)[0]))
+
+
+# --------------------------------------------------------------------------------------
+# The run's arguments: args.json, reused by --resume
+# --------------------------------------------------------------------------------------
+
+# Invocation details, not settings of the run: never saved, never compared.
+NOT_SAVED = ("output_dir", "resume", "overwrite_output_dir", "debug", "local_rank")
+# May differ when resuming (they change neither the trained parameters nor the run's files' meaning).
+MAY_CHANGE_ON_RESUME = ("no_cuda", "save_checkpoints_steps", "keep_epoch_checkpoints", "keep_last_checkpoint",
+                        "no_plot", "no_save_adapters", "do_eval", "do_predict", "predict_checkpoint",
+                        "eval_batch_size", "skip_nonfinite_loss", "logging_steps", "logging_dir")
+PATH_FLAGS = ("data_dir", "bert_config_file", "vocab_file", "init_checkpoint", "predict_checkpoint", "logging_dir")
+
+
+def _absolute(dest: str, value):
+    """Path flags as absolute paths, so args.json works from any working folder."""
+    if value is None:
+        return None
+    if dest in PATH_FLAGS:
+        return os.path.abspath(value)
+    if dest == "adapter_checkpoints":
+        return ",".join(os.path.abspath(p) for p in value.split(",") if p)
+    return value
+
+
+def saved_arguments(args: argparse.Namespace) -> dict:
+    """What args.json holds: every setting of the run, paths made absolute."""
+    return {dest: _absolute(dest, value) for dest, value in sorted(vars(args).items()) if dest not in NOT_SAVED}
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def reuse_saved_arguments(args: argparse.Namespace, given: set[str] | None) -> argparse.Namespace:
+    """--resume: take every argument not given on the command line from the run's
+    args.json; a flag given again with another value is refused (unless it is one that
+    may change, such as --save_checkpoints_steps)."""
+    saved = checkpointing.read_run_arguments(args.output_dir)
+    if saved is None:
+        return args
+    source = Path(args.output_dir) / checkpointing.ARGS_FILE
+    given = set(vars(args)) if given is None else given
+    merged = argparse.Namespace(**vars(args))
+    for dest, value in saved.items():
+        if dest not in vars(args) or dest in NOT_SAVED:
+            continue  # an argument of another version of the script
+        if dest not in given:
+            setattr(merged, dest, value)
+            continue
+        mine = _absolute(dest, getattr(args, dest))
+        if mine != value and dest not in MAY_CHANGE_ON_RESUME:
+            raise UsageError(f"--{dest} {_shown(mine)} differs from the run's {_shown(value)} ({source}): a "
+                             f"resumed run keeps the settings it started with; leave --{dest} out")
+    return merged
+
+
+def check_required(args: argparse.Namespace) -> None:
+    missing = [f"--{dest}" for dest in REQUIRED_FLAGS if getattr(args, dest) is None]
+    if missing:
+        hint = ""
+        if args.resume:
+            hint = f" (--resume found no {checkpointing.ARGS_FILE} in {args.output_dir} to take them from)"
+        raise UsageError(f"the following arguments are required: {', '.join(missing)}{hint}")
 
 
 # --------------------------------------------------------------------------------------
@@ -149,12 +256,23 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--init_checkpoint {args.init_checkpoint}: not found")
     if args.predict_checkpoint and not os.path.exists(args.predict_checkpoint):
         raise UsageError(f"--predict_checkpoint {args.predict_checkpoint}: not found")
+    if args.logging_steps < 0:
+        raise UsageError(f"--logging_steps must not be negative, got {args.logging_steps}")
+    if args.logging_dir and args.do_train:
+        reports.tensorboard_summary_writer()  # a clear error now if tensorboard is missing
 
 
 # The folders of --output_dir this script writes files in.
-RUN_FOLDERS = (".", checkpointing.TRAINING_CHECKPOINT_DIR, checkpointing.ADAPTER_DIR, "submission")
-# What a run that failed on bad input leaves behind: not results, so not "busy".
-NOT_RESULTS = ("train.log", cli.OutputDirLock.FILE_NAME)
+SUBMISSION_DIR = "submission"
+RUN_FOLDERS = (".", checkpointing.TRAINING_CHECKPOINT_DIR, checkpointing.ADAPTER_DIR, SUBMISSION_DIR)
+# What a run that failed on bad input (or was stopped before its first checkpoint)
+# leaves behind: not results, so not "busy".
+NOT_RESULTS = ("train.log", cli.OutputDirLock.FILE_NAME, checkpointing.ARGS_FILE)
+# What a training run writes, and --overwrite_output_dir removes first (train.log stays).
+RUN_OUTPUT_FILES = (checkpointing.BEST_MODEL_FILE, checkpointing.CONFIG_FILE, checkpointing.VOCAB_FILE,
+                    checkpointing.TASKS_FILE, checkpointing.ARGS_FILE, reports.EVAL_RESULTS_FILE,
+                    reports.METRICS_FILE, reports.PLOT_FILE)
+RUN_OUTPUT_FOLDERS = (checkpointing.TRAINING_CHECKPOINT_DIR, checkpointing.ADAPTER_DIR, SUBMISSION_DIR)
 
 
 def check_output_dir(args: argparse.Namespace) -> Path:
@@ -175,6 +293,37 @@ def check_output_dir(args: argparse.Namespace) -> Path:
     return output_dir
 
 
+def _inputs(args: argparse.Namespace) -> list[str]:
+    paths = [args.init_checkpoint, args.predict_checkpoint, args.vocab_file, args.bert_config_file, args.data_dir]
+    paths += (args.adapter_checkpoints or "").split(",")
+    return [os.path.realpath(p) for p in paths if p]
+
+
+def clear_previous_outputs(args: argparse.Namespace, output_dir: Path) -> list[str]:
+    """--overwrite_output_dir for a new training run: remove what an earlier run wrote
+    (its best model, adapters, submissions, checkpoints, reports and args.json), so
+    that nothing of it stays beside the new run's files. Other files and train.log stay.
+    An input of this run among those outputs is refused. Returns the names removed."""
+    targets = [output_dir / name for name in RUN_OUTPUT_FILES + RUN_OUTPUT_FOLDERS]
+    targets = [path for path in targets if path.exists()]
+    for path in targets:
+        real = os.path.realpath(path)
+        for given in _inputs(args):
+            if given == real or given.startswith(real + os.sep):
+                raise UsageError(f"{given} is an output of the previous run in {output_dir}, which "
+                                 f"--overwrite_output_dir would remove: copy it elsewhere or choose another "
+                                 f"--output_dir")
+    removed = []
+    for path in targets:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+            removed.append(path.name + "/")
+        else:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def load_config(args: argparse.Namespace, num_tasks: int) -> BertConfig:
     config = BertConfig.from_json_file(args.bert_config_file)
     changes = {"num_tasks": num_tasks}
@@ -190,19 +339,42 @@ def load_config(args: argparse.Namespace, num_tasks: int) -> BertConfig:
     return config
 
 
-def check_vocab_fits(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file, config_file) -> None:
-    """Every token id must index the embedding table (else an IndexError mid-training)."""
-    largest = max(tokenizer.vocab.values())
-    if largest >= config.vocab_size:
-        raise ConfigError(f"{vocab_file} has token ids up to {largest}, but vocab_size in {config_file} is "
-                          f"{config.vocab_size}: the vocabulary does not belong to this model")
+def warn_about_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, vocab_file,
+                          do_lower_case: bool) -> None:
+    """A vocabulary of another size than the model's, and lower-casing that disagrees
+    with the vocabulary's casing (--do_lower_case), pass silently otherwise."""
+    for problem in tokenization.vocabulary_warnings(tokenizer.vocab, config.vocab_size, do_lower_case):
+        logger.warning("%s %s (--do_lower_case is %s)", vocab_file, problem, "on" if do_lower_case else "off")
+
+
+UNKNOWN_TOKEN_WARNING = 0.05  # warn when more than this share of the training word pieces is [UNK]
+
+
+def warn_about_unknown_tokens(tasks: list[training.TaskData], tokenizer, vocab_file) -> None:
+    unk_id = tokenizer.vocab.get("[UNK]")
+    for task in tasks:
+        features = task.train or [f for split in task.dev.values() for f in split]
+        fraction = training.unknown_token_fraction(features, unk_id)
+        if fraction > UNKNOWN_TOKEN_WARNING:
+            logger.warning("%s: %.0f%% of the word pieces of its %s data are [UNK]: does %s belong to the "
+                           "checkpoint (and --do_lower_case to the vocabulary)?", task.name, 100 * fraction,
+                           "training" if task.train else "dev", vocab_file)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------------------
 
-def settings_from_args(args, output_dir: Path, num_tasks: int) -> training.TrainingSettings:
+def settings_from_args(args, output_dir: Path, num_tasks: int,
+                       config: BertConfig | None = None) -> training.TrainingSettings:
     """The run's settings as plain values; --replicate_original is turned into them here, once."""
     steps = args.steps_per_epoch or training.ORIGINAL_STEPS_PER_TASK * num_tasks
     original = args.replicate_original
@@ -224,7 +396,12 @@ def settings_from_args(args, output_dir: Path, num_tasks: int) -> training.Train
         skip_unsampled_updates=args.skip_unsampled_updates, save_checkpoints_steps=args.save_checkpoints_steps,
         bf16=args.bf16, fp16=args.fp16, skip_nonfinite_loss=args.skip_nonfinite_loss,
         save_adapters=not args.no_save_adapters, plot=not args.no_plot,
-        keep_epoch_checkpoints=args.keep_epoch_checkpoints)
+        keep_epoch_checkpoints=args.keep_epoch_checkpoints, keep_last_checkpoint=args.keep_last_checkpoint,
+        logging_steps=args.logging_steps, logging_dir=Path(args.logging_dir) if args.logging_dir else None,
+        # recorded so that --resume refuses a run built differently
+        do_lower_case=args.do_lower_case, freeze=args.freeze, layer_norm_init=args.layer_norm_init,
+        vocab_sha256=file_sha256(args.vocab_file),
+        config_sha256=hashlib.sha256(config.to_json_string().encode()).hexdigest() if config else "")
 
 
 def check_batch_split(args, ctx: training.DistributedContext) -> None:
@@ -246,29 +423,53 @@ def build_model_for_run(args, config: BertConfig, task_names: list[str]):
     return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, given: set[str] | None = None) -> int:
+    """The script; ``given`` names the flags written on the command line (None: all)."""
+    if args.resume:
+        args = reuse_saved_arguments(args, given)
+    check_required(args)
+    arguments = saved_arguments(args)  # as given, before validation normalises any
     validate_args(args)
     ctx = training.setup_distributed(args.local_rank, args.no_cuda)
     lock = None
     if ctx.is_main:
         output_dir = check_output_dir(args)
         lock = cli.OutputDirLock(output_dir).acquire()
+        if args.resume:
+            check_resumable(output_dir)
     else:
         output_dir = Path(args.output_dir)
     try:
-        return _run_locked(args, ctx, output_dir)
+        return _run_locked(args, ctx, output_dir, arguments)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, output_dir: Path) -> int:
+def check_resumable(output_dir: Path) -> None:
+    """--resume needs a checkpoint of a run that has not finished (said before any work)."""
+    finished = checkpointing.read_finished_marker(output_dir)
+    if finished is not None:
+        raise UsageError(training.already_finished_message(output_dir, finished.get("global_step", "?"),
+                                                           finished.get("epochs", "?")))
+    path = checkpointing.training_checkpoint_path(output_dir)
+    if not path.is_file():
+        raise UsageError(f"{path}: no training checkpoint to resume from (one is written every "
+                         f"--save_checkpoints_steps steps, after every epoch and on SIGINT/SIGTERM)")
+
+
+def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, output_dir: Path,
+                arguments: dict) -> int:
     leftovers: list[Path] = []
+    cleared: list[str] = []
     if ctx.is_main:
         # A run killed outright (SIGKILL, power loss) cannot remove its temporary files.
         leftovers = checkpointing.remove_partial_files(*(output_dir / sub for sub in RUN_FOLDERS))
+        if args.overwrite_output_dir and args.do_train and not args.resume:
+            cleared = clear_previous_outputs(args, output_dir)
     ctx.barrier()
     cli.setup_logging(output_dir / "train.log", ctx.is_main)
+    log_run_start(args, cleared)
     if ctx.is_main and leftovers:
         logger.warning("removed %d partial file(s) left by an interrupted run (e.g. %s)", len(leftovers),
                        leftovers[0].relative_to(output_dir))
@@ -281,20 +482,24 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
         raise UsageError(f"--tasks {args.tasks}: {err}") from None
     config = load_config(args, len(task_names))
     tokenizer = tokenization.FullTokenizer(args.vocab_file, do_lower_case=args.do_lower_case)
-    check_vocab_fits(tokenizer, config, args.vocab_file, args.bert_config_file)
+    tokenization.check_vocab_fits(tokenizer.vocab, config.vocab_size, args.vocab_file, args.bert_config_file)
+    warn_about_vocabulary(tokenizer, config, args.vocab_file, args.do_lower_case)
     logger.info("tasks: %s; device %s; %d process(es)", ", ".join(task_names), ctx.device, ctx.world_size)
 
     if args.do_train or args.do_eval:
         tasks = training.load_task_data(args.data_dir, task_names, tokenizer, args.max_seq_length,
                                         with_train=args.do_train, with_dev=True)
+        warn_about_unknown_tokens(tasks, tokenizer, args.vocab_file)
         model = build_model_for_run(args, config, task_names)
         logger.info("model: %s parameters", f"{modeling.count_parameters(model):,}")
-        settings = settings_from_args(args, output_dir, len(task_names))
+        settings = settings_from_args(args, output_dir, len(task_names), config)
         if args.do_train:
             trainer = training.Trainer(model, tasks, settings, ctx)
             if args.resume:
                 trainer.load_state_dict(checkpointing.load_training_checkpoint(output_dir),
                                         source=checkpointing.training_checkpoint_path(output_dir))
+            if ctx.is_main:
+                checkpointing.save_run_arguments(output_dir, arguments)
             trainer.train()
         else:
             evaluate_only(model, tasks, settings, ctx)
@@ -302,6 +507,22 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
         predict(args, output_dir, task_names, tokenizer, ctx)
     ctx.barrier()
     return 0
+
+
+def log_run_start(args: argparse.Namespace, cleared: list[str]) -> None:
+    """A line that marks where this run starts in train.log (which runs in the same
+    folder append to), and the settings that differ from the defaults."""
+    if args.resume:
+        kind = "resumed run"
+    elif cleared:
+        kind = "new run; removed the previous run's " + ", ".join(cleared) + " (--overwrite_output_dir)"
+    else:
+        kind = "new run"
+    logger.info("==== run_multi_task.py: %s in %s (pid %d) ====", kind, args.output_dir, os.getpid())
+    defaults = build_parser()
+    changed = [f"--{dest}" + ("" if value is True else f" {value}") for dest, value in sorted(vars(args).items())
+               if value != defaults.get_default(dest) and dest not in ("output_dir", "debug")]
+    logger.info("arguments: %s", " ".join(changed))
 
 
 def evaluate_only(model, tasks, settings, ctx) -> None:
@@ -314,14 +535,15 @@ def evaluate_only(model, tasks, settings, ctx) -> None:
 
 def predict(args, output_dir: Path, task_names: list[str], tokenizer, ctx) -> None:
     source = Path(args.predict_checkpoint) if args.predict_checkpoint else output_dir
-    folder = source if source.is_dir() else source.parent
-    weights = folder / checkpointing.BEST_MODEL_FILE if source.is_dir() else source
-    config = BertConfig.from_json_file(folder / checkpointing.CONFIG_FILE)
-    saved_tasks = [t["name"] for t in checkpointing.read_tasks_file(folder / checkpointing.TASKS_FILE)]
-    if saved_tasks != task_names:
-        raise UsageError(f"{folder} was trained on tasks {saved_tasks}, but --tasks gives {task_names}")
-    model = modeling.BertForMultiTask(config, [glue.TASKS[n].num_labels for n in task_names])
-    checkpointing.load_pretrained_weights(model, weights, log=logger)
+    # A run folder, or a state dict of its model beside its config.json and tasks.json;
+    # loaded strictly: no adapter or head may be left at its random initialisation.
+    if source.is_dir():
+        saved = checkpointing.load_model_folder(source)
+    else:
+        saved = checkpointing.load_model_folder(source.parent, weights=source)
+    if saved.task_names != task_names:
+        raise UsageError(f"{source} was trained on tasks {saved.task_names}, but --tasks gives {task_names}")
+    model = saved.model
     written = training.predict_test_sets(model, task_names, args.data_dir, tokenizer, args.max_seq_length,
                                          args.eval_batch_size, ctx.device, output_dir / "submission",
                                          bf16=args.bf16, fp16=args.fp16)
@@ -332,7 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     """Exit status as in cli.py: 0 done; 2 bad input (one ``error:`` line); 128 + signal
     number when SIGINT/SIGTERM stopped the run (during training after saving a resumable
     checkpoint)."""
-    return cli.run_main(run, build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = flags_given(parser, argv)
+    return cli.run_main(lambda parsed: run(parsed, given), args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import io
 import unicodedata
 from pathlib import Path
 
-from errors import VocabError
+from errors import ConfigError, VocabError
 
 # Tokens the models need: every sequence is framed by [CLS] ... [SEP], and WordPiece
 # falls back to [UNK].
@@ -472,3 +472,83 @@ def _check_special_tokens(vocab, vocab_file):
     for token in REQUIRED_SPECIAL_TOKENS:
         if token not in vocab:
             raise VocabError(f"vocabulary file {vocab_file} has no {token} token")
+
+
+# The share of words holding a capital letter: bert-base-uncased has 2 in about 28,000
+# (the symbol ℝ); a cased vocabulary has thousands (names, sentence starts).
+UNCASED_AT_MOST = 0.001
+CASED_AT_LEAST = 0.02
+CASING_MIN_WORDS = 100
+
+
+def vocabulary_casing(vocab):
+    """Whether a vocabulary was built from lower-cased text.
+
+    Args:
+        vocab: tokens (a loaded vocabulary or any iterable of tokens).
+
+    Returns:
+        ``"uncased"`` when (almost) no word has a capital letter, ``"cased"`` when many
+        do, ``None`` when it cannot tell (fewer than 100 words with letters, or in
+        between). Bracketed special tokens ([CLS], [unused0]) do not count; ``##``
+        continuation pieces count as words.
+    """
+    with_capital = with_letters = 0
+    for token in vocab:
+        if token.startswith("[") and token.endswith("]"):
+            continue
+        word = token[2:] if token.startswith("##") else token
+        if any(char.isupper() for char in word):
+            with_capital += 1
+            with_letters += 1
+        elif any(char.islower() for char in word):
+            with_letters += 1
+    if with_letters < CASING_MIN_WORDS:
+        return None
+    share = with_capital / with_letters
+    if share <= UNCASED_AT_MOST:
+        return "uncased"
+    if share >= CASED_AT_LEAST:
+        return "cased"
+    return None
+
+
+def vocabulary_warnings(vocab, vocab_size, do_lower_case):
+    """Mismatches between a vocabulary, the model and lower-casing that would otherwise
+    pass silently (each a phrase to follow the vocabulary file's name).
+
+    Args:
+        vocab: the loaded vocabulary.
+        vocab_size: the model's ``vocab_size``.
+        do_lower_case: whether the text is lower-cased.
+
+    Returns:
+        A list of phrases, empty when everything agrees.
+    """
+    found = []
+    if len(vocab) != vocab_size:
+        found.append(f"has {len(vocab)} entries but the model's vocab_size is {vocab_size}: is it the "
+                     f"vocabulary of this model?")
+    casing = vocabulary_casing(vocab)
+    if casing == "uncased" and not do_lower_case:
+        found.append("looks uncased (no capital letters) but lower-casing is off: capitalised words will "
+                     "become [UNK] or odd pieces")
+    elif casing == "cased" and do_lower_case:
+        found.append("looks cased (it has capitalised words) but lower-casing is on: the model will never "
+                     "see a capital letter")
+    return found
+
+
+def check_vocab_fits(vocab, vocab_size, vocab_file="the vocabulary", config_source="the model's config"):
+    """Raise ConfigError unless every token id indexes the model's embedding table
+    (else an IndexError in the middle of a run).
+
+    Args:
+        vocab: the loaded vocabulary (token -> id).
+        vocab_size: the model's ``vocab_size``.
+        vocab_file, config_source: where each comes from, for the message.
+    """
+    largest = max(vocab.values())
+    if largest >= vocab_size:
+        raise ConfigError(f"{vocab_file} has token ids up to {largest}, but vocab_size in {config_source} is "
+                          f"{vocab_size}: the vocabulary does not belong to this model")

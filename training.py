@@ -33,7 +33,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 import checkpointing
 import cli
@@ -60,8 +59,11 @@ RESUME_INVARIANT_SETTINGS = {
     "--seed": "seed", "--max_seq_length": "max_seq_length", "--optim": "split_attention_optimizer",
     # --replicate_original sets several fields at once; replay_first_pass is true exactly under it.
     "--replicate_original": "replay_first_pass", "--original_sizes": "use_original_sizes",
-    "--skip_unsampled_updates": "skip_unsampled_updates",
-    "length grouping (--no_group_by_length)": "group_by_length",
+    "--skip_unsampled_updates": "skip_unsampled_updates", "--bf16": "bf16", "--fp16": "fp16",
+    "--do_lower_case": "do_lower_case", "--freeze": "freeze", "--layer_norm_init": "layer_norm_init",
+    "--no_group_by_length": "group_by_length",
+    # the files' contents, not their paths (a moved file is the same file)
+    "--vocab_file": "vocab_sha256", "--bert_config_file": "config_sha256",
 }
 TRAINING_STATE_KEYS = ("model", "optimizers", "sampler", "streams", "global_step", "epoch", "step_in_epoch",
                        "best_score", "history", "probability_history", "epoch_losses", "dropout_disabled",
@@ -95,15 +97,27 @@ def load_task_data(data_dir, task_names: Sequence[str], tokenizer, max_seq_lengt
                    with_train: bool, with_dev: bool) -> list[TaskData]:
     """Read and featurise the train and dev files of every task (eagerly, as the original)."""
     tasks = []
-    for task_id, name in enumerate(tqdm(task_names, desc="reading tasks", leave=False)):
-        data = TaskData(name=name, task_id=task_id)
-        if with_train:
-            data.train = featurise(data_dir, name, "train", tokenizer, max_seq_length)
-        if with_dev:
-            data.dev = {split: featurise(data_dir, name, split, tokenizer, max_seq_length)
-                        for split in data.spec.dev_splits}
-        tasks.append(data)
+    with cli.Progress(total=len(task_names), desc="reading tasks", unit="task") as progress:
+        for task_id, name in enumerate(task_names):
+            data = TaskData(name=name, task_id=task_id)
+            if with_train:
+                data.train = featurise(data_dir, name, "train", tokenizer, max_seq_length)
+            if with_dev:
+                data.dev = {split: featurise(data_dir, name, split, tokenizer, max_seq_length)
+                            for split in data.spec.dev_splits}
+            tasks.append(data)
+            progress.update(1, task=name)
     return tasks
+
+
+def unknown_token_fraction(features: Sequence[glue.InputFeatures], unk_id: int) -> float:
+    """The share of [UNK] among the real word pieces ([CLS] and [SEP] not counted)."""
+    pieces = unknown = 0
+    for feature in features:
+        specials = 3 if 1 in feature.segment_ids else 2  # [CLS] A [SEP] (B [SEP])
+        pieces += len(feature.input_ids) - specials
+        unknown += feature.input_ids.count(unk_id)
+    return unknown / pieces if pieces else 0.0
 
 
 class BatchStream:
@@ -355,8 +369,9 @@ def predict_features(model: BertForMultiTask, features: Sequence[glue.InputFeatu
     outputs = np.zeros(len(features), dtype=np.float64 if regression else np.int64)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=not desc):
+    with torch.inference_mode(), cli.Progress(total=len(order), desc=desc, unit="example",
+                                              enabled=bool(desc)) as progress:
+        for start in range(0, len(order), batch_size):
             indices = order[start:start + batch_size]
             batch = glue.collate_features([features[i] for i in indices], pad_to=pad_to, regression=regression)
             with autocast_context(device, bf16, fp16):
@@ -364,6 +379,7 @@ def predict_features(model: BertForMultiTask, features: Sequence[glue.InputFeatu
                                batch["input_mask"].to(device), task_id)
             logits = logits.float().cpu()
             outputs[indices] = logits[:, 0].numpy() if regression else logits.argmax(dim=-1).numpy()
+            progress.update(len(indices))
     model.train(was_training)
     return outputs
 
@@ -451,6 +467,16 @@ class TrainingSettings:
     save_adapters: bool = True
     plot: bool = True
     keep_epoch_checkpoints: bool = False
+    keep_last_checkpoint: bool = False  # keep checkpoints/last.pt when the run finishes
+    logging_steps: int = 50  # a progress line in the log (and TensorBoard scalars) every N steps; 0: none
+    logging_dir: Path | None = None  # TensorBoard event files (torch.utils.tensorboard)
+    # Not used by the loop: how the model and its inputs were built, recorded in every
+    # checkpoint so that --resume refuses a run built differently.
+    do_lower_case: bool = False
+    freeze: bool = False
+    layer_norm_init: str = "original"
+    vocab_sha256: str = ""
+    config_sha256: str = ""
 
 
 class Trainer:
@@ -487,6 +513,8 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         self.nonfinite_steps_skipped = 0
         self._stop_signal: int | None = None
+        # Step lines, TensorBoard scalars and the closing summary (rank 0 writes them).
+        self.log = reports.TrainingLog(self.t_total, settings, enabled=ctx.is_main)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.ctx.distributed:
@@ -514,7 +542,8 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run (or continue) training; returns the best evaluation."""
         settings, ctx = self.settings, self.ctx
-        with self._signals_request_a_checkpoint():
+        self.log.start(self.global_step)
+        with self._signals_request_a_checkpoint(), self.log:
             self.wrapped.train(not self.dropout_disabled)
             while self.epoch < settings.num_train_epochs:
                 if self.step_in_epoch == 0:  # a new epoch (not one resumed halfway)
@@ -522,8 +551,8 @@ class Trainer:
                     self.epoch_losses = self._empty_losses()
                     logger.info("epoch %d: task probabilities %s", self.epoch,
                                 ", ".join(f"{n} {p:.4f}" for n, p in zip(self.task_names, self.sampler.probs)))
-                with tqdm(total=settings.steps_per_epoch, initial=self.step_in_epoch, desc=f"epoch {self.epoch}",
-                          disable=not ctx.is_main, dynamic_ncols=True) as progress:
+                with cli.Progress(total=settings.steps_per_epoch, initial=self.step_in_epoch, unit="step",
+                                  desc=f"epoch {self.epoch}", enabled=ctx.is_main) as progress:
                     while self.step_in_epoch < settings.steps_per_epoch:
                         # Every rank draws the same task: the sampler is seeded alike everywhere
                         # (the digest of the draws is compared across ranks at the end).
@@ -532,18 +561,44 @@ class Trainer:
                         loss = self.train_step(task_id)
                         self.step_in_epoch += 1
                         self.global_step += 1
-                        progress.update(1)
-                        progress.set_postfix(task=self.task_names[task_id], loss=f"{loss:.4f}")
+                        progress.update(1, task=self.task_names[task_id], loss=f"{loss:.4f}")
+                        self.log.step(self.global_step, self.epoch, self.task_names[task_id], loss,
+                                      self.current_learning_rate)
                         # A stop signal is agreed by all ranks, so that they save the same step.
                         stop_signal = ctx.all_reduce_int(self._stop_signal or 0, "max")
                         if stop_signal:
-                            raise StopRequested(stop_signal, checkpoint=self.save_checkpoint())
+                            checkpoint = self.save_checkpoint()
+                            raise StopRequested(stop_signal, checkpoint=checkpoint,
+                                                message=self._resume_hint(stop_signal, checkpoint))
                         every = settings.save_checkpoints_steps
                         if every > 0 and self.global_step % every == 0:
                             self.save_checkpoint()
                 self.end_epoch()
             self._check_ranks_drew_the_same_tasks()
+            self._finish()
         return reports.read_eval_results(settings.output_dir)
+
+    def _finish(self) -> None:
+        """The end of a run: the training state marked finished (checkpoints/last.pt
+        removed unless --keep_last_checkpoint), then the summary in the log."""
+        if not self.ctx.is_main:
+            return
+        best = reports.read_eval_results(self.settings.output_dir)
+        checkpointing.mark_training_finished(
+            self.settings.output_dir, {"global_step": self.global_step, "epochs": self.epoch,
+                                       "best_glue_average": best.get("glue_average"), "best_epoch": best.get("epoch")},
+            keep_last=self.settings.keep_last_checkpoint)
+        self.log.finish(self.global_step, self.epoch, best,
+                        {name: self._mean_train_loss(name) for name in self.task_names},
+                        self.nonfinite_steps_skipped, self.settings.keep_last_checkpoint)
+
+    def current_learning_rate(self) -> float:
+        """The scheduled learning rate of the shared parameters (the first optimizer)."""
+        return float(max(self.optimizers[0].get_lr()))
+
+    def _resume_hint(self, signum: int, checkpoint: Path) -> str:
+        return (f"signal {signum} at step {self.global_step}; resume with --resume: "
+                f"run_multi_task.py --output_dir {self.settings.output_dir} --resume continues from {checkpoint}")
 
     def train_step(self, task_id: int) -> float:
         """One optimizer step on one task: forward and backward over the accumulation
@@ -551,13 +606,22 @@ class Trainer:
         settings, ctx = self.settings, self.ctx
         task = self.tasks[task_id]
         accumulation = settings.gradient_accumulation_steps
-        step_loss = 0.0
-        for micro_step in range(accumulation):
-            # Every rank draws the same global micro-batch and takes every world_size-th
-            # example of it: together the ranks see each example once.
-            indices = self.streams[task_id].next_indices()[ctx.rank::ctx.world_size]
-            batch = glue.collate_features([task.train[i] for i in indices], pad_to=settings.pad_to,
-                                          regression=task.spec.is_regression)
+        # Every rank draws the same global micro-batches. The step's gradient is the mean
+        # over all its examples: each micro-batch (and each rank's share of it) counts by
+        # its number of examples, which matters when a batch is partial (the last batch of
+        # a pass under --replicate_original).
+        micro_batches = [self.streams[task_id].next_indices() for _ in range(accumulation)]
+        step_examples = sum(len(indices) for indices in micro_batches)
+        step_loss, local_examples = 0.0, 0
+        for micro_step, global_indices in enumerate(micro_batches):
+            self.log.count(len(global_indices), sum(len(task.train[i].input_ids) for i in global_indices))
+            # Each rank takes every world_size-th example: together the ranks see each once.
+            indices = global_indices[ctx.rank::ctx.world_size]
+            # A rank left without an example still runs forward and backward (the
+            # all-reduce needs every rank), on one example that counts 0.
+            weight = len(indices) * ctx.world_size / step_examples  # DDP averages over ranks
+            batch = glue.collate_features([task.train[i] for i in (indices if len(indices) else global_indices[:1])],
+                                          pad_to=settings.pad_to, regression=task.spec.is_regression)
             batch = {name: tensor.to(ctx.device) for name, tensor in batch.items()}
             # DDP averages gradients over ranks during backward; only the last micro-step
             # needs that, the others accumulate locally under no_sync().
@@ -568,17 +632,23 @@ class Trainer:
                     loss, _ = self.wrapped(batch["input_ids"], batch["segment_ids"], batch["input_mask"], task_id,
                                            labels=batch["label_ids"])
                 if ctx.n_gpu > 1 and not ctx.distributed:
-                    loss = loss.mean()  # DataParallel returns one loss per GPU
-                loss = loss / accumulation  # the step's gradient is the mean over its micro-batches
+                    # DataParallel returns one mean loss per chunk of the batch (torch.chunk
+                    # sizes): weighted by chunk size, the mean over the batch.
+                    sizes = [len(chunk) for chunk in torch.arange(len(batch["input_ids"])).chunk(ctx.n_gpu)]
+                    loss = (loss * torch.tensor(sizes, dtype=loss.dtype, device=loss.device)).sum() / sum(sizes)
+                mean_loss = loss.detach()
+                loss = loss * weight
                 # All ranks must agree to go on: a rank that skipped backward while the others
                 # entered it would leave them waiting in the all-reduce forever.
-                if not ctx.all_reduce_int(int(bool(torch.isfinite(loss.detach()).all())), "min"):
+                if not ctx.all_reduce_int(int(bool(torch.isfinite(mean_loss).all())), "min"):
                     return self._non_finite_step(task, "loss")
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()  # fp16: scaled so that small gradients survive
                 else:
                     loss.backward()
-            step_loss += loss.item()  # (waits for the device)
+            step_loss += mean_loss.item() * len(indices)  # (waits for the device)
+            local_examples += len(indices)
+        step_loss /= max(local_examples, 1)  # this rank's mean over the step's examples
         # A finite loss can still give inf/NaN gradients; DDP has averaged them already, so
         # every rank gives the same answer. (Under fp16 the scaler checks and skips itself.)
         if settings.skip_nonfinite_loss and self.scaler is None and not gradients_finite(self.model):
@@ -624,6 +694,7 @@ class Trainer:
                                     self.global_step, train_losses)
             self.history.extend(result["records"])
             self._save_if_best(result)
+            self.log.evaluation(result, train_losses, self.global_step)
         self.ctx.barrier()
         if self.settings.dropout_off_after_first_eval:
             self.dropout_disabled = True
@@ -633,6 +704,9 @@ class Trainer:
         if self.ctx.is_main:
             reports.write_epoch_reports(self.settings.output_dir, self.history, self.probability_history,
                                         self.task_names, plot=self.settings.plot)
+        finished = self.epoch >= self.settings.num_train_epochs
+        if finished and not (self.settings.keep_last_checkpoint or self.settings.keep_epoch_checkpoints):
+            return  # the run is done: a last.pt written now would be removed at once
         self.save_checkpoint(keep_epoch_copy=self.settings.keep_epoch_checkpoints)
 
     def _mean_train_loss(self, task_name: str) -> float | None:
@@ -719,9 +793,17 @@ class Trainer:
                              f"not {self.task_names}: resume with the same --tasks")
         saved_settings = state.get("settings") or {}
         for flag, mine in self.invariant_settings().items():
-            if flag in saved_settings and saved_settings[flag] != mine:
-                raise UsageError(f"{source} was trained with {flag} {saved_settings[flag]}, this run has "
-                                 f"{mine}: resume with the checkpoint's settings")
+            if flag not in saved_settings or saved_settings[flag] == mine:
+                continue  # (a checkpoint of an older version may lack a setting)
+            theirs = saved_settings[flag]
+            if RESUME_INVARIANT_SETTINGS[flag].endswith("_sha256"):
+                raise UsageError(f"{source} was trained with another {flag} (content sha256 {str(theirs)[:12]}), "
+                                 f"this run's has sha256 {str(mine)[:12]}: resume with the file the run started with")
+            if isinstance(mine, bool):
+                raise UsageError(f"{source} was trained {'with' if theirs else 'without'} {flag}, this run "
+                                 f"{'has' if mine else 'lacks'} it: resume with the checkpoint's settings")
+            raise UsageError(f"{source} was trained with {flag} {theirs}, this run has "
+                             f"{mine}: resume with the checkpoint's settings")
         checkpointing.check_state_dict(state["model"], self.model.state_dict(), source, what="model tensor")
         self.model.load_state_dict(state["model"])
         try:
@@ -751,6 +833,8 @@ class Trainer:
         if not 0 <= self.step_in_epoch <= self.settings.steps_per_epoch:
             raise UsageError(f"{source} stopped at step {self.step_in_epoch} of an epoch, but "
                              f"--steps_per_epoch is {self.settings.steps_per_epoch}")
+        if self.epoch >= self.settings.num_train_epochs:
+            raise UsageError(already_finished_message(self.settings.output_dir, self.global_step, self.epoch))
         self.wrapped.train(not self.dropout_disabled)
         self.last_checkpoint_step = self.global_step
         logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
@@ -763,13 +847,24 @@ class Trainer:
         A second signal stops at once (the last checkpoint is kept)."""
         def request_stop(signum, _frame):
             if self._stop_signal is not None:
-                logger.warning("signal %d again: stopping now; --resume continues from the last checkpoint",
-                               signum)
-                raise StopRequested(signum)
+                if self.last_checkpoint_step is None:
+                    raise StopRequested(signum, message=(
+                        f"signal {signum} again, before the first checkpoint: nothing can be resumed; "
+                        f"start the run again"))
+                checkpoint = checkpointing.training_checkpoint_path(self.settings.output_dir)
+                raise StopRequested(signum, checkpoint=checkpoint, message=(
+                    f"signal {signum} again: stopped at once; resume with --resume, which continues from the "
+                    f"last checkpoint (step {self.last_checkpoint_step}, {checkpoint})"))
             self._stop_signal = signum
-            logger.warning("signal %d: saving a checkpoint after this step", signum)
+            logger.warning("signal %d: saving a checkpoint after this step (a second signal stops at once)", signum)
 
         return cli.on_stop_signals(request_stop)
+
+
+def already_finished_message(output_dir: Path, global_step: int, epochs: int) -> str:
+    best = Path(output_dir) / checkpointing.BEST_MODEL_FILE
+    return (f"{output_dir}: this run already finished (step {global_step}, {epochs} epochs): nothing to resume; "
+            f"to train further, start a new run from its best model (--init_checkpoint {best})")
 
 
 # --------------------------------------------------------------------------------------

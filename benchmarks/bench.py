@@ -21,6 +21,7 @@ the cost as work grows by benchmarks/scaling.py (``make bench`` runs all three).
 model built with it against the model built without it, runs alternated, MiniLM.
 
 Usage: python benchmarks/bench.py [--quick] [--compile] [--fast-paths] [--json results.json]
+       python benchmarks/bench.py --smoke   (every part once at toy sizes: that it runs, in seconds)
 """
 from __future__ import annotations
 
@@ -709,6 +710,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="MiniLM size only, 3 rounds, fewer inference examples (a check, not a measurement)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick at toy sizes (batch 2 x 16, one round): shows that every part runs; "
+                             "the figures mean nothing (tests/test_bench.py)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (at least 3)")
     parser.add_argument("--compile", action="store_true", help="also time kernels.compile_model (slow to compile)")
     parser.add_argument("--fast-paths", action="store_true",
@@ -723,8 +727,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     import transformers
 
     wait_until_quiet(args.wait_quiet)
-    quick = args.quick
-    repeats = max(3, args.repeats or (3 if quick else 5))
+    if args.smoke:
+        global BATCH, SEQ
+        BATCH, SEQ = 2, 16
+    quick = args.quick or args.smoke
+    repeats = 1 if args.smoke else max(3, args.repeats or (3 if quick else 5))
     large_repeats = max(3, args.repeats or 3)
     sizes = ["minilm"] if quick else ["minilm", "base"]
     native_bf16 = cpu_has_native_bf16()
@@ -747,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     others = {}
     meter = OtherLoad()
-    peak_size = 2048 if quick else 4096
+    peak_size = 128 if args.smoke else 2048 if quick else 4096
     peaks = measure_matmul_peaks(peak_size, repeats)
     print("  matmul peaks (GFLOP/s): " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in peaks.items()),
           flush=True)
@@ -757,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           args.compile and mode.size == "minilm", peak_size)
                 for mode in modes}
     others["training"], meter = meter.cores(), OtherLoad()
-    inference = inference_comparison("minilm", dtypes, 256 if quick else 512, repeats)
+    inference = inference_comparison("minilm", dtypes, 8 if args.smoke else 256 if quick else 512, repeats)
     others["inference"], meter = meter.cores(), OtherLoad()
     pals = {size: pals_comparison(size, batch, repeats if size == "minilm" else large_repeats) for size in sizes}
     others["pals"] = meter.cores()

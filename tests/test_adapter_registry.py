@@ -169,13 +169,14 @@ def test_new_adapter_trains_end_to_end_and_rebuilds_from_adapter_files(registere
             assert torch.equal(tensors[f"bert.encoder.layer.{n}.multi_layers.0.task_bias"],
                                best[f"bert.encoder.layer.{n}.multi_layers.{task_id}.task_bias"])
 
-    # Rebuilt from the shared BERT and the adapter files: the saved best model's outputs.
+    # Rebuilt from the shared BERT (best_model.pth, whose own heads and adapters are
+    # ignored) and the adapter files in another order: the saved best model's outputs.
     tasks = checkpointing.read_tasks_file(out / "tasks.json")
     model = BertForMultiTask(config, [t["num_labels"] for t in tasks])
     model.load_state_dict(best, strict=True)
     model.eval()
     rebuilt, names = checkpointing.build_model_from_adapters(
-        adapters / checkpointing.SHARED_BERT_FILE, [adapters / f"{task}.safetensors" for task in reversed(TASKS)])
+        out / checkpointing.BEST_MODEL_FILE, [adapters / f"{task}.safetensors" for task in reversed(TASKS)])
     assert names == list(reversed(TASKS))
     rebuilt.eval()
     generator = torch.Generator().manual_seed(0)

@@ -143,14 +143,15 @@ def test_lengths_must_match_the_examples():
 # Through the training loop
 # ---------------------------------------------------------------------------------------
 
-def parse(*extra):
-    return run_multi_task.build_parser().parse_args(
-        ["--data_dir", ".", "--bert_config_file", "c", "--vocab_file", "v", "--output_dir", "o", *extra])
-
-
 def test_the_flag_and_replicate_original_turn_grouping_off(tmp_path):
+    (tmp_path / "c").write_text("{}")  # the settings record the files' hashes
+    (tmp_path / "v").write_text("[PAD]\n")
+
     def grouped(*extra):
-        return run_multi_task.settings_from_args(parse(*extra), tmp_path, 2).group_by_length
+        args = run_multi_task.build_parser().parse_args(
+            ["--data_dir", ".", "--bert_config_file", str(tmp_path / "c"), "--vocab_file", str(tmp_path / "v"),
+             "--output_dir", "o", *extra])
+        return run_multi_task.settings_from_args(args, tmp_path, 2).group_by_length
     assert grouped() is True
     assert grouped("--no_group_by_length") is False
     assert grouped("--replicate_original") is False

@@ -140,7 +140,7 @@ def trained_run(tmp_path_factory, glue_dir, small_vocab):
     config = write_json(folder / "tiny_config.json", tiny_config_dict(small_vocab))
     out = folder / "out"
     argv = ["--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", small_vocab,
-            "--output_dir", out, *mtl_common()]
+            "--output_dir", out, *mtl_common(), "--keep_last_checkpoint"]
     assert run_multi_task.main([str(a) for a in argv]) == 0
     return out, config
 
@@ -508,7 +508,17 @@ def predict_checkpoint_missing(w):
 def predict_checkpoint_without_task_list(w):
     folder = w.copy_trained()
     (folder / "tasks.json").unlink()
-    return ["--do_predict", "--predict_checkpoint", folder], [f"{folder / 'tasks.json'}: task list not found"]
+    return ["--do_predict", "--predict_checkpoint", folder], [f"{folder}: incomplete model folder, missing tasks.json"]
+
+
+@mtl_case
+def predict_checkpoint_without_an_adapter_tensor(w):
+    folder = w.copy_trained()
+    state = torch.load(folder / "best_model.pth", weights_only=True)
+    del state["classifier.0.weight"]  # would stay at its random initialisation
+    torch.save(state, folder / "best_model.pth")
+    return ["--do_predict", "--predict_checkpoint", folder / "best_model.pth"], [
+        "best_model.pth", "'classifier.0.weight'"]
 
 
 @mtl_case
@@ -1042,7 +1052,7 @@ def kill_run_args(glue_dir, config, vocab, output_dir, *extra):
         "--tasks", "cola,sts,mnli", "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "8",
         "--eval_batch_size", "32", "--seed", "11", "--no_plot", "--do_train", "--do_eval", "--sample", "anneal",
         "--num_train_epochs", EPOCHS, "--steps_per_epoch", STEPS_PER_EPOCH, "--learning_rate", "1e-3",
-        "--save_checkpoints_steps", CHECKPOINT_EVERY, "--no_save_adapters", *extra]]
+        "--save_checkpoints_steps", CHECKPOINT_EVERY, "--no_save_adapters", "--keep_last_checkpoint", *extra]]
 
 
 def run_script(args, **kwargs):
@@ -1140,7 +1150,7 @@ def nan_run_args(glue_dir, config, vocab, output_dir, *extra):
         "--tasks", "cola,sts,mnli", "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "8",
         "--eval_batch_size", "32", "--seed", "5", "--no_plot", "--do_train", "--do_eval", "--sample", "rr",
         "--num_train_epochs", "3", "--steps_per_epoch", "4", "--learning_rate", "1e-3",
-        "--save_checkpoints_steps", "0", *extra]]
+        "--save_checkpoints_steps", "0", "--keep_last_checkpoint", *extra]]
 
 
 def inject_nan_loss_at_step(monkeypatch, step: int) -> None:

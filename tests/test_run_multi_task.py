@@ -43,7 +43,8 @@ def glue_dir(tmp_path_factory):
 def cli_args(glue_dir, config, vocab_file, output_dir, *extra, tasks=TASKS):
     return ["--data_dir", str(glue_dir), "--bert_config_file", str(config), "--vocab_file", str(vocab_file),
             "--output_dir", str(output_dir), "--tasks", tasks, "--do_lower_case", "--max_seq_length", "64",
-            "--train_batch_size", "8", "--eval_batch_size", "16", "--seed", "7", "--no_plot", *extra]
+            "--train_batch_size", "8", "--eval_batch_size", "16", "--seed", "7", "--no_plot",
+            "--keep_last_checkpoint", *extra]  # the tests read the final training state from last.pt
 
 
 def run_cli(args):
@@ -69,9 +70,13 @@ def trained_run(tmp_path_factory, glue_dir, minilm_dir, repo_root):
 
 def test_run_writes_every_output(trained_run):
     for name in ["best_model.pth", "config.json", "vocab.txt", "tasks.json", "eval_results.json", "metrics.jsonl",
-                 "training_curves.png", "train.log", "checkpoints/last.pt", "adapters/shared_bert.safetensors",
+                 "training_curves.png", "train.log", "args.json", "checkpoints/finished.json",
                  "adapters/cola.safetensors", "adapters/sts.safetensors", "adapters/mnli.safetensors"]:
         assert (trained_run / name).is_file(), name
+    # A finished run drops its resumable state, and the shared BERT lives in best_model.pth only.
+    assert sorted(p.name for p in (trained_run / "checkpoints").iterdir()) == ["finished.json"]
+    assert sorted(p.name for p in (trained_run / "adapters").iterdir()) == [
+        "cola.safetensors", "mnli.safetensors", "sts.safetensors"]
     assert (trained_run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     # one line per task and dev split per evaluation: (cola, sts, mnli, mnli-mm) x 2 epochs
@@ -189,7 +194,7 @@ def test_adapter_checkpoints_rebuild_the_same_model(trained_run, glue_dir, minil
     adapters = trained_run / "adapters"
     # any subset, in any order: task ids follow the files
     rebuilt, names = checkpointing.build_model_from_adapters(
-        adapters / "shared_bert.safetensors", [adapters / "mnli.safetensors", adapters / "cola.safetensors"])
+        trained_run / "best_model.pth", [adapters / "mnli.safetensors", adapters / "cola.safetensors"])
     assert names == ["mnli", "cola"]
     rebuilt.eval()
     tokenizer = tokenization.FullTokenizer(str(minilm_dir / "vocab.txt"), do_lower_case=True)
@@ -201,14 +206,14 @@ def test_adapter_checkpoints_rebuild_the_same_model(trained_run, glue_dir, minil
             got = rebuilt(batch["input_ids"], batch["segment_ids"], batch["input_mask"], rebuilt_id)
             assert torch.equal(expected, got)
     size = (adapters / "cola.safetensors").stat().st_size
-    assert size < (adapters / "shared_bert.safetensors").stat().st_size / 20
+    assert size < (trained_run / "best_model.pth").stat().st_size / 20
 
 
 def test_adapter_checkpoints_through_the_cli(trained_run, glue_dir, minilm_dir, tmp_path):
     adapters = trained_run / "adapters"
     files = ",".join(str(adapters / f"{t}.safetensors") for t in ("cola", "sts", "mnli"))
     args = ["--data_dir", glue_dir, "--bert_config_file", trained_run / "config.json", "--vocab_file",
-            minilm_dir / "vocab.txt", "--init_checkpoint", adapters / "shared_bert.safetensors",
+            minilm_dir / "vocab.txt", "--init_checkpoint", trained_run / "best_model.pth",
             "--adapter_checkpoints", files, "--output_dir", tmp_path / "eval", "--tasks", TASKS,
             "--do_lower_case", "--max_seq_length", "64", "--do_eval", "--eval_batch_size", "16"]
     assert run_cli(args) == 0

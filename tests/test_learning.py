@@ -1,0 +1,292 @@
+"""Training learns, for every architecture, through run_multi_task.py.
+
+The other end-to-end tests compare runs with each other (resume against uninterrupted, two
+ranks against one): a loop that never changed the weights would pass them. These check
+that the weights move the right way:
+
+- a short PALs run on the embedded demo data (MiniLM weights; SST-2 and MNLI, 300 steps
+  of 16) lowers the training loss to below 0.7x its start and beats the majority baseline
+  on dev by a clear margin (0.1) on both tasks;
+- every architecture config in configs/ at MiniLM size trains 30 steps with a falling
+  training loss (below 0.95x its start), saves, and a run resumed from its checkpoint of
+  step 15 ends with exactly its weights and metrics; it is rebuilt from its adapter files
+  with identical outputs;
+- with --skip_unsampled_updates, only the drawn task's own parameters (and the shared
+  ones) change at a step; without it, a task's parameters keep moving after their first
+  use (the original's behaviour).
+
+"The training loss" is measured on a fixed sample of training examples (64 per task) in
+eval mode, before the first step and after the last (tests/probes.py), so that dropout
+and which batches were drawn do not blur it. Runs happen in this process, so resumed and
+uninterrupted runs use the same thread count and can agree bit for bit.
+
+MiniLM's pooler weights are small (std 0.009): its pooled output and the heads start near
+zero, and the loss drops fast only after a few hundred steps (at 1e-4; higher learning
+rates collapsed to the majority class in trials). The PALs run is long enough for that
+(over three seeds a 200-step run reached 0.25, 0.41 and 0.71 of its start; 300 steps,
+0.48 for the slowest seed). The 30-step runs start from the PALs run's shared BERT, whose
+pooler has learned (as BERT's own pooler, trained on next-sentence prediction, has); their
+adapters and heads start fresh, and the loss falls to 0.58-0.88 of its start (which,
+within that range, depends even on the thread count). From the
+MiniLM weights directly, 30 steps move the loss by under 1%, in either direction for the
+modules on top.
+
+What these cannot see: how well the paper's settings learn on real GLUE (hours of
+training); whether a resumed run equals an uninterrupted one across processes with other
+thread counts (tests/test_run_multi_task.py runs that with one thread each).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from probes import TrainerProbe, snapshot
+
+import checkpointing
+import demo_data
+import glue
+import modeling
+import run_multi_task
+import tokenization
+import training
+
+SAMPLE = 64  # training examples per task for the fixed-sample loss
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("glue")
+    demo_data.write_demo_glue(folder, seed=0, scale=0.5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tokenizer(vocab_file):
+    return tokenization.FullTokenizer(str(vocab_file), do_lower_case=True)
+
+
+def training_sample(glue_dir, tokenizer, tasks):
+    return {task: training.featurise(glue_dir, task, "train", tokenizer, SEQ)[:SAMPLE] for task in tasks}
+
+
+def sample_losses(model, state, sample) -> list[float]:
+    """Each task's mean loss over its fixed training sample (tasks in model order), eval
+    mode, with the weights ``state`` loaded into ``model``."""
+    model.load_state_dict(state)
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for task_id, task in enumerate(sample):
+            batch = glue.collate_features(sample[task], regression=glue.TASKS[task].is_regression)
+            loss, _ = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"], task_id,
+                            labels=batch["label_ids"])
+            losses.append(loss.item())
+    return losses
+
+
+def majority_score(glue_dir, task: str, split: str) -> float:
+    """The dev score of always predicting the most frequent training label."""
+    spec = glue.TASKS[task]
+    train = [e.label for e in glue.read_examples(glue_dir, task, "train")]
+    majority = spec.labels.index(max(set(train), key=train.count))
+    gold = np.array([spec.labels.index(e.label) for e in glue.read_examples(glue_dir, task, split)])
+    return glue.task_score(task, glue.compute_metrics(task, np.full(len(gold), majority), gold))
+
+
+def minilm_args(glue_dir, minilm_dir, config_file, output_dir, tasks, *extra):
+    """The run's arguments; a later --init_checkpoint in ``extra`` replaces the MiniLM weights."""
+    return [str(a) for a in [
+        "--data_dir", glue_dir, "--bert_config_file", config_file, "--vocab_file", minilm_dir / "vocab.txt",
+        "--init_checkpoint", minilm_dir, "--output_dir", output_dir, "--tasks", ",".join(tasks), "--do_lower_case",
+        "--max_seq_length", SEQ, "--do_train", "--sample", "rr", "--num_train_epochs", "1", "--eval_batch_size", "64",
+        "--seed", "1", "--no_plot", "--save_checkpoints_steps", "0", *extra]]
+
+
+# ---------------------------------------------------------------------------------------
+# A short PALs run learns
+# ---------------------------------------------------------------------------------------
+
+LEARNING_TASKS = ["sst", "mnli"]
+CLEAR_MARGIN = 0.1  # above the majority baseline, in the task's score (accuracy, MCC, ...)
+
+
+@pytest.fixture(scope="module")
+def pals_run(tmp_path_factory, glue_dir, minilm_dir, tokenizer, repo_root):
+    """300 steps of 16 with PALs from the MiniLM weights; (output folder, training loss
+    on the fixed sample before and after)."""
+    config_file = repo_root / "configs" / "minilm_pals_config.json"
+    out = tmp_path_factory.mktemp("pals") / "out"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        probe = TrainerProbe(monkeypatch)
+        assert run_multi_task.main(minilm_args(glue_dir, minilm_dir, config_file, out, LEARNING_TASKS,
+                                               "--steps_per_epoch", "300", "--train_batch_size", "16",
+                                               "--learning_rate", "1e-4")) == 0
+    model = modeling.BertForMultiTask(modeling.BertConfig.from_json_file(out / "config.json"),
+                                      [glue.TASKS[t].num_labels for t in LEARNING_TASKS])
+    sample = training_sample(glue_dir, tokenizer, LEARNING_TASKS)
+    before, after = sum(sample_losses(model, probe.initial, sample)), sum(sample_losses(model, probe.final, sample))
+    return out, before, after
+
+
+@pytest.mark.slow
+def test_a_short_pals_run_learns(pals_run, glue_dir):
+    out, before, after = pals_run
+    assert after < 0.7 * before, (before, after)
+    scores = json.loads((out / "eval_results.json").read_text())["scores"]
+    margins = {task: scores[task] - majority_score(glue_dir, task, glue.TASKS[task].dev_splits[0])
+               for task in LEARNING_TASKS}
+    assert sum(margin > CLEAR_MARGIN for margin in margins.values()) >= 2, margins
+
+
+# ---------------------------------------------------------------------------------------
+# Every architecture: trains, saves, resumes, rebuilds from its adapter files
+# ---------------------------------------------------------------------------------------
+
+ARCHITECTURE_TASKS = ["sst", "mnli"]
+STEPS, STOP_AT = 30, 15
+ARCHITECTURE_CONFIGS = ["minilm_bert_config.json", "minilm_pals_config.json", "minilm_low_rank_config.json",
+                        "minilm_houlsby_config.json", "minilm_houlsby_plus_pals_config.json",
+                        "minilm_top_attn_config.json", "minilm_top_bert_layer_config.json",
+                        "minilm_lhuc_config.json"]
+FALL = 0.95  # the training loss after 30 steps is below this fraction of its start (0.58-0.88 seen)
+
+
+def test_every_minilm_config_is_covered(repo_root):
+    assert sorted(p.name for p in (repo_root / "configs").glob("minilm_*.json")) == sorted(ARCHITECTURE_CONFIGS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_name", ARCHITECTURE_CONFIGS)
+def test_architecture_trains_saves_resumes_and_rebuilds(config_name, pals_run, tmp_path, glue_dir, minilm_dir,
+                                                        tokenizer, repo_root, monkeypatch):
+    config_file = repo_root / "configs" / config_name
+    tasks = ARCHITECTURE_TASKS
+    # From the PALs run's shared BERT (its pooler has learned; adapters and heads start
+    # fresh), with another seed than that run's: with the same one, PALs would start from
+    # the very head weights that run trained its BERT against. The modules on top need the
+    # standard LayerNorm init to learn in a short run.
+    # (best_model.pth also holds the PALs run's heads, which --init_checkpoint would load)
+    shared_bert = tmp_path / "shared_bert.pt"
+    trained = torch.load(pals_run[0] / checkpointing.BEST_MODEL_FILE, weights_only=True)
+    torch.save({key: tensor for key, tensor in trained.items() if modeling.task_of_key(key) is None}, shared_bert)
+    common = ["--steps_per_epoch", STEPS, "--train_batch_size", "8", "--learning_rate", "1e-4", "--seed", "2",
+              "--layer_norm_init", "standard", "--init_checkpoint", shared_bert, "--save_checkpoints_steps", STOP_AT]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    probe = TrainerProbe(monkeypatch)
+    train_step = training.Trainer.train_step
+
+    def keep_the_halfway_checkpoint(trainer, task_id):
+        if trainer.settings.output_dir == full and trainer.global_step == STOP_AT:  # written after step 15
+            (resumed / checkpointing.TRAINING_CHECKPOINT_DIR).mkdir(parents=True)
+            shutil.copy(checkpointing.training_checkpoint_path(full), checkpointing.training_checkpoint_path(resumed))
+        return train_step(trainer, task_id)
+
+    monkeypatch.setattr(training.Trainer, "train_step", keep_the_halfway_checkpoint)
+
+    # 1. 30 steps: the training loss falls; the best model and the adapter files are saved.
+    assert run_multi_task.main(minilm_args(glue_dir, minilm_dir, config_file, full, tasks, *common)) == 0
+    initial, final = probe.initial, probe.final
+    model = modeling.BertForMultiTask(modeling.BertConfig.from_json_file(full / "config.json"),
+                                      [glue.TASKS[t].num_labels for t in tasks])
+    sample = training_sample(glue_dir, tokenizer, tasks)
+    before, after = sum(sample_losses(model, initial, sample)), sum(sample_losses(model, final, sample))
+    assert after < FALL * before, (before, after)
+    saved = torch.load(full / "best_model.pth", weights_only=True)
+    assert set(saved) == set(final) and all(torch.equal(saved[k], final[k]) for k in final)
+
+    # 2. Resumed from the checkpoint written after step 15: the same weights and metrics.
+    probe.reset()
+    args = minilm_args(glue_dir, minilm_dir, config_file, resumed, tasks, *common, "--no_save_adapters", "--resume")
+    assert run_multi_task.main(args) == 0
+    assert probe.trainer.global_step == STEPS and len(probe.steps) == STEPS - STOP_AT
+    assert all(torch.equal(probe.final[k], final[k]) for k in final), "the resumed run ended elsewhere"
+    assert (resumed / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+
+    # 3. Rebuilt from the shared BERT and the task files (in the other order): the same outputs.
+    adapters = full / checkpointing.ADAPTER_DIR
+    rebuilt, names = checkpointing.build_model_from_adapters(
+        full / checkpointing.BEST_MODEL_FILE, [adapters / f"{t}.safetensors" for t in reversed(tasks)])
+    assert names == list(reversed(tasks))
+    model.load_state_dict(saved)
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        for task_id, task in enumerate(tasks):
+            dev = training.featurise(glue_dir, task, glue.TASKS[task].dev_splits[0], tokenizer, SEQ)[:32]
+            batch = glue.collate_features(dev)
+            expected = model(batch["input_ids"], batch["segment_ids"], batch["input_mask"], task_id)
+            got = rebuilt(batch["input_ids"], batch["segment_ids"], batch["input_mask"], names.index(task))
+            assert torch.equal(expected, got), task
+
+
+# ---------------------------------------------------------------------------------------
+# --skip_unsampled_updates: a step changes only the drawn task's own parameters
+# ---------------------------------------------------------------------------------------
+
+SMALL_ARCHITECTURES = {
+    "pals": {"mult": True, "pals": True, "hidden_size_aug": 12},
+    "low_rank": {"mult": True, "hidden_size_aug": 8},
+    "houlsby_plus_pals": {"houlsby": True, "pals": True, "hidden_size_aug": 12, "extra_dim": 8},
+    "top_attention": {"top": True, "hidden_size_aug": 24},
+    "top_bert_layer": {"top": True, "bert_lay_top": True},
+    "lhuc_low_rank": {"lhuc": True, "mult": True, "hidden_size_aug": 8},
+}
+
+
+def small_config(path, **flags):
+    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, **flags)
+    path.write_text(json.dumps(values))
+    return path
+
+
+def record_each_step(monkeypatch) -> list:
+    """(drawn task id, parameters before, parameters after) of every optimizer step."""
+    steps = []
+    train_step = training.Trainer.train_step
+
+    def recording(trainer, task_id):
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        loss = train_step(trainer, task_id)
+        steps.append((task_id, before, snapshot(trainer.model)))
+        return loss
+
+    monkeypatch.setattr(training.Trainer, "train_step", recording)
+    return steps
+
+
+@pytest.mark.parametrize("name", list(SMALL_ARCHITECTURES))
+def test_skip_unsampled_updates_changes_only_the_drawn_tasks_parameters(name, tmp_path, vocab_file, monkeypatch):
+    glue_dir = tmp_path / "glue"
+    demo_data.write_demo_glue(glue_dir, seed=1, scale=0.1)
+    config = small_config(tmp_path / "config.json", **SMALL_ARCHITECTURES[name])
+    moved_while_not_drawn = {}
+    for skip in (True, False):
+        steps = record_each_step(monkeypatch)
+        args = [str(a) for a in [
+            "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab_file,
+            "--output_dir", tmp_path / f"run_{skip}", "--tasks", "cola,sts,mnli", "--do_lower_case",
+            "--max_seq_length", "32", "--train_batch_size", "4", "--seed", "2", "--no_plot", "--do_train",
+            "--sample", "rr", "--num_train_epochs", "1", "--steps_per_epoch", "6", "--learning_rate", "1e-3",
+            "--warmup_proportion", "0",  # (with warm-up, every parameter's first update has learning rate 0)
+            "--layer_norm_init", "standard", "--no_save_adapters", "--save_checkpoints_steps", "0",
+            *(["--skip_unsampled_updates"] if skip else [])]]
+        assert run_multi_task.main(args) == 0
+        assert [task for task, _, _ in steps] == [0, 1, 2, 0, 1, 2]
+        moved_while_not_drawn[skip] = set()
+        for drawn, before, after in steps:
+            for key, value in before.items():
+                owner = modeling.task_of_key(key)
+                changed = not torch.equal(value, after[key])
+                if owner is None or owner == drawn:
+                    assert changed, f"{name}: {key} did not change at a step of task {drawn}"
+                elif changed:
+                    moved_while_not_drawn[skip].add(key)
+        monkeypatch.undo()
+    assert not moved_while_not_drawn[True], f"{name}: moved on another task's step: {sorted(moved_while_not_drawn[True])[:3]}"
+    # The default (the original's in-place zero_grad): momentum keeps used tasks moving.
+    assert moved_while_not_drawn[False]
