@@ -37,13 +37,16 @@ def glue_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, glue_dir, minilm_dir, repo_root):
-    """A small PALs run on the demo data, every GLUE task, real MiniLM weights."""
+    """A small PALs run on the demo data, every GLUE task, real MiniLM weights. Nine steps
+    leave most heads still predicting more than one label (longer runs collapse the small
+    tasks to their majority label), which the exactness check below needs; which tasks do
+    depends on the batch order: seed 4 (with length-grouped batches) leaves enough."""
     output_dir = tmp_path_factory.mktemp("run") / "out"
     args = ["--data_dir", glue_dir, "--bert_config_file", repo_root / "configs" / "minilm_pals_config.json",
             "--vocab_file", minilm_dir / "vocab.txt", "--init_checkpoint", minilm_dir, "--output_dir", output_dir,
             "--tasks", ",".join(ALL_TASKS), "--do_lower_case", "--max_seq_length", "64", "--do_train", "--do_eval",
             "--num_train_epochs", "1", "--steps_per_epoch", "9", "--train_batch_size", "8",
-            "--eval_batch_size", str(EVAL_BATCH_SIZE), "--learning_rate", "1e-4", "--seed", "3",
+            "--eval_batch_size", str(EVAL_BATCH_SIZE), "--learning_rate", "1e-4", "--seed", "4",
             "--save_checkpoints_steps", "0", "--no_plot"]
     assert run_multi_task.main([str(a) for a in args]) == 0
     return output_dir
