@@ -1,5 +1,5 @@
-"""benchmarks/paper_comparison.py: the three methods' table, and single-task runs given
-exactly the updates their task drew in the PALs multi-task run."""
+"""benchmarks/paper_comparison.py: the three methods' table, single-task runs given
+exactly the updates their task drew in the PALs multi-task run, and the parameter counts."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,17 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
-import checkpointing
-import demo
-import reports
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import paper_comparison  # noqa: E402
+
+import checkpointing  # noqa: E402
+import demo  # noqa: E402
+import reports  # noqa: E402
 
 STEP_LINE = re.compile(r"step \d+/\d+ \(epoch (\d+)\), task (\w+),")  # the training log's step lines
 HEAD_PARAMETERS = 16 * 384 + 16  # the eight tasks' heads: 16 outputs in all (STS-B 1, MNLI 3, six of 2), hidden 384
@@ -37,7 +42,7 @@ def test_quick_comparison_table_and_single_task_budgets(repo_root, tmp_path, min
     finished = subprocess.run(
         [sys.executable, str(repo_root / "benchmarks" / "paper_comparison.py"), "--quick", "--tasks", "rte,qqp",
          "--seeds", "1", "--work_dir", str(work), "--out", str(out)],
-        capture_output=True, text=True, cwd=repo_root, timeout=600)
+        capture_output=True, text=True, cwd=repo_root, timeout=3600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     for row in ("| rte |", "| qqp |", "| GLUE average |", "| parameters (8 tasks) |"):
         assert row in finished.stdout
@@ -76,10 +81,19 @@ def test_quick_comparison_table_and_single_task_budgets(repo_root, tmp_path, min
         assert (marker["global_step"], marker["epochs"]) == (drawn[task], 1)
     assert table["single_task_updates"] == {"1": dict(drawn)}
 
-    # Parameters for the eight tasks, from the checkpoint's size and the heads' shapes.
+    for method in methods.values():
+        assert set(method["parameters"]) == {"total", "task_specific"}
+
+
+def test_parameter_counts_for_the_eight_tasks(repo_root, minilm_dir):
+    """Against the checkpoint's size and the heads' shapes: the shared BERT plus eight
+    heads; eight BERTs with a head each, all of it task-specific; PALs, whose shared part
+    is exactly the BERT."""
     bert = bert_parameters(minilm_dir)
-    assert methods["shared"]["parameters"] == {"total": bert + HEAD_PARAMETERS, "task_specific": HEAD_PARAMETERS}
-    single_total = 8 * bert + HEAD_PARAMETERS
-    assert methods["single"]["parameters"] == {"total": single_total, "task_specific": single_total}
-    pals = methods["pals"]["parameters"]
+    bert_config = repo_root / "configs" / "minilm_bert_config.json"
+    shared = paper_comparison.parameter_counts(bert_config, separate=False)
+    assert shared == {"total": bert + HEAD_PARAMETERS, "task_specific": HEAD_PARAMETERS}
+    single = paper_comparison.parameter_counts(bert_config, separate=True)
+    assert single == {"total": 8 * bert + HEAD_PARAMETERS, "task_specific": 8 * bert + HEAD_PARAMETERS}
+    pals = paper_comparison.parameter_counts(demo.CONFIG, separate=False)
     assert pals["total"] - pals["task_specific"] == bert and pals["task_specific"] > HEAD_PARAMETERS
