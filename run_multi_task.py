@@ -39,6 +39,9 @@ from modeling import BertConfig
 logger = logging.getLogger("run_multi_task")
 
 REQUIRED_FLAGS = ("data_dir", "bert_config_file", "vocab_file")  # checked after args.json is read
+# Adapters and heads start from random values and get a few dozen steps each in a short
+# run; at BERT's 5e-5 they barely move (README "Why tasks stayed at their baseline").
+TASK_LEARNING_RATE = 1e-3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "(grouping is off under --replicate_original)")
     added.add_argument("--skip_unsampled_updates", action="store_true",
                        help="do not update a task's parameters on steps that drew another task")
+    added.add_argument("--task_learning_rate", type=float, default=TASK_LEARNING_RATE,
+                       help="peak learning rate of the task-specific parameters (adapters and heads, "
+                            "which start from random values); the shared BERT keeps --learning_rate. "
+                            "0: --learning_rate for all (the original; also under --replicate_original)")
+    added.add_argument("--no_bias_correction", action="store_true",
+                       help="BERTAdam without Adam's bias correction, as the original (also under "
+                            "--replicate_original)")
+    added.add_argument("--no_scale_regression", action="store_true",
+                       help="start regression heads at bias 0 and train them on the plain MSE, as the "
+                            "original (also under --replicate_original)")
     added.add_argument("--do_predict", action="store_true", help="write GLUE test-set submission files")
     added.add_argument("--predict_checkpoint",
                        help="model folder (or best_model.pth) to predict with; default: this run's best model")
@@ -235,6 +248,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     if args.learning_rate < 0:
         raise UsageError(f"--learning_rate must not be negative, got {args.learning_rate}")
+    if args.task_learning_rate < 0:
+        raise UsageError(f"--task_learning_rate must not be negative, got {args.task_learning_rate}")
     if args.max_seq_length < 3:
         raise UsageError(f"--max_seq_length must be at least 3, got {args.max_seq_length}")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
@@ -393,6 +408,9 @@ def settings_from_args(args, output_dir: Path, num_tasks: int,
         dropout_off_after_first_eval=original,
         use_original_sizes=args.original_sizes or original,
         split_attention_optimizer=args.optim != "normal",
+        bias_correction=not (args.no_bias_correction or original),
+        task_learning_rate=None if original or not args.task_learning_rate else args.task_learning_rate,
+        scale_regression=not (args.no_scale_regression or original),
         skip_unsampled_updates=args.skip_unsampled_updates, save_checkpoints_steps=args.save_checkpoints_steps,
         bf16=args.bf16, fp16=args.fp16, skip_nonfinite_loss=args.skip_nonfinite_loss,
         save_adapters=not args.no_save_adapters, plot=not args.no_plot,

@@ -536,3 +536,34 @@ def test_loads_a_state_dict_in_the_earlier_layout(fused):
     p.grad = None  # zero_grad_updates came from the saved group: a zero-gradient update
     optimizer.step()
     assert optimizer.state[p]["step"] == 4
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_bias_correction_is_torch_adamw(fused):
+    """With bias correction, no clipping and a constant learning rate, BERTAdam is
+    AdamW (epsilon outside the square root of the corrected v, as AdamW's)."""
+    torch.manual_seed(0)
+    ours = [torch.randn(7, 5), torch.randn(5)]
+    theirs = [p.clone() for p in ours]
+    mine = BERTAdam(ours, lr=0.01, bias_correction=True, max_grad_norm=0.0, weight_decay_rate=0.01,
+                    fused=fused)
+    adamw = torch.optim.AdamW(theirs, lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        mine.step()
+        adamw.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_bias_correction_first_update_is_the_learning_rate():
+    """Adam's first step moves each element by lr * sign(g) (|m_hat| = sqrt(v_hat) = |g|);
+    BERT's rule moves it by lr * (1 - b1) / sqrt(1 - b2) = 3.16 lr."""
+    for corrected, factor in ((True, 1.0), (False, 0.1 / math.sqrt(0.001))):
+        p = torch.zeros(4, dtype=torch.float64)
+        optimizer = BERTAdam([p], lr=1e-3, e=0.0, weight_decay_rate=0.0, bias_correction=corrected)
+        p.grad = torch.tensor([0.5, -2.0, 3.0, -1e-3], dtype=torch.float64)
+        optimizer.step()
+        torch.testing.assert_close(p, -1e-3 * factor * torch.sign(p.grad))
