@@ -25,8 +25,8 @@ CONFIG = ROOT / "configs" / "minilm_pals_config.json"
 
 TRAINING_FLAGS = [
     "--tasks", "all", "--sample", "anneal", "--multi", "--do_train", "--do_eval", "--do_predict",
-    "--do_lower_case", "--max_seq_length", "64", "--train_batch_size", "32", "--eval_batch_size", "64",
-    "--learning_rate", "5e-5", "--num_train_epochs", "3", "--steps_per_epoch", "100",
+    "--do_lower_case", "--max_seq_length", "64", "--train_batch_size", "16", "--eval_batch_size", "64",
+    "--learning_rate", "5e-5", "--num_train_epochs", "3", "--steps_per_epoch", "200",
     "--save_checkpoints_steps", "0", "--overwrite_output_dir",
 ]
 SEED = 42
