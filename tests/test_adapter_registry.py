@@ -12,20 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 from torch import nn
 
 import checkpointing
-import glue
 import modeling
 import run_multi_task
 from errors import ConfigError
 from modeling import ADAPTERS, BertConfig, BertForMultiTask, register_adapter
-
-try:  # the demo data writer is moving from glue.py to demo_data.py
-    from demo_data import write_demo_glue
-except ImportError:
-    write_demo_glue = glue.write_demo_glue
 
 NAME = "task_bias"
 TASKS = ["cola", "sts"]
@@ -48,14 +43,6 @@ def registered():
     register_adapter(NAME, TaskBias)
     yield NAME
     ADAPTERS.pop(NAME, None)
-
-
-def tiny_config(**flags) -> BertConfig:
-    values = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
-                  hidden_size_aug=24, num_tasks=2)
-    values.update(flags)
-    return BertConfig(**values)
 
 
 def adapter_keys(state, name="task_bias"):
@@ -133,9 +120,8 @@ def test_original_configs_round_trip_and_build_the_same_modules(path):
 # End to end: train, save, rebuild through run_multi_task.py
 # ---------------------------------------------------------------------------------------
 
-def test_new_adapter_trains_end_to_end_and_rebuilds_from_adapter_files(registered, tmp_path, minilm_dir):
-    data_dir = tmp_path / "glue"
-    write_demo_glue(data_dir, seed=3, scale=0.3)
+def test_new_adapter_trains_end_to_end_and_rebuilds_from_adapter_files(registered, tmp_path, minilm_dir, glue_dir):
+    data_dir = glue_dir
     config_file = tmp_path / "task_bias_config.json"
     config_values = json.loads((minilm_dir / "config.json").read_text())
     config_values.update({"mult": True, "adapter": registered})

@@ -16,9 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import SPECIAL_TOKENS, write_tiny_config
 
 import checkpointing
 import cli
@@ -33,25 +35,8 @@ import run_multi_task
 import tokenization
 import training
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TASKS = "cola,sts"
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging():
-    """The scripts configure the root logger as if they owned the process."""
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
-    return folder
+pytestmark = pytest.mark.usefixtures("fresh_logging")  # (conftest.py; glue_dir and small_vocab too)
 
 
 def demo_words(glue_dir, lower_case=True):
@@ -62,21 +47,8 @@ def demo_words(glue_dir, lower_case=True):
     return sorted(words - set(SPECIAL_TOKENS))
 
 
-@pytest.fixture(scope="module")
-def small_vocab(glue_dir, tmp_path_factory):
-    """Every lower-cased word of the demo data plus the special tokens (an uncased vocabulary)."""
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(SPECIAL_TOKENS + demo_words(glue_dir)) + "\n", encoding="utf-8")
-    return path
-
-
 def tiny_config(path, vocab_file, **changes):
-    values = dict(vocab_size=len(Path(vocab_file).read_text(encoding="utf-8").splitlines()), hidden_size=32,
-                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                  type_vocab_size=2, mult=True, pals=True, hidden_size_aug=12)
-    values.update(changes)
-    path.write_text(json.dumps(values), encoding="utf-8")
-    return path
+    return write_tiny_config(path, Path(vocab_file), **{"max_position_embeddings": 64, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +57,9 @@ def config_file(tmp_path_factory, small_vocab):
 
 
 def run_args(glue_dir, config, vocab, out, *extra, steps=2, epochs=1):
-    return [str(a) for a in [
-        "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab, "--output_dir", out,
-        "--tasks", TASKS, "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "4",
-        "--eval_batch_size", "16", "--seed", "7", "--no_plot", "--do_train", "--do_eval",
-        "--num_train_epochs", epochs, "--steps_per_epoch", steps, "--learning_rate", "1e-3", *extra]]
+    return conftest.run_args(glue_dir, config, vocab, out, "--eval_batch_size", "16", "--do_train", "--do_eval",
+                             "--num_train_epochs", epochs, "--steps_per_epoch", steps, "--learning_rate", "1e-3",
+                             *extra, tasks=TASKS)
 
 
 def last_error(stderr):

@@ -16,11 +16,12 @@ import csv
 import json
 import random
 
+import conftest
 import pytest
 import torch
+from conftest import write_tiny_config
 from probes import TrainerProbe
 
-import demo_data
 import glue
 import modeling
 import optimization
@@ -29,10 +30,8 @@ import tokenization
 
 
 @pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=5, scale=0.3)
-    return folder
+def glue_dir(make_glue_dir):
+    return make_glue_dir(seed=5, scale=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +54,13 @@ def easy_glue_dir(tmp_path_factory):
 
 
 def tiny_config(path, dropout=0.1, **flags):
-    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
-                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                  mult=True, pals=True, hidden_size_aug=12)
-    values.update(flags)
-    path.write_text(json.dumps(values))
-    return path
+    return write_tiny_config(path, 30522, dropout, **flags)
 
 
 def run_args(glue_dir, config, vocab_file, output_dir, *extra, tasks="sst,qqp"):
-    return [str(a) for a in [
-        "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab_file, "--output_dir", output_dir,
-        "--tasks", tasks, "--do_lower_case", "--max_seq_length", "48", "--train_batch_size", "16",
-        "--eval_batch_size", "32", "--seed", "3", "--no_plot", "--do_train", "--sample", "rr",
-        "--save_checkpoints_steps", "0", "--no_save_adapters", "--layer_norm_init", "standard", *extra]]
+    return conftest.run_args(glue_dir, config, vocab_file, output_dir, "--eval_batch_size", "32", "--do_train",
+                             "--sample", "rr", "--save_checkpoints_steps", "0", "--no_save_adapters",
+                             "--layer_norm_init", "standard", *extra, tasks=tasks, seq=48, batch=16, seed=3)
 
 
 def mean(values):

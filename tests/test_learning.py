@@ -43,10 +43,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_config
 from probes import TrainerProbe, snapshot
 
 import checkpointing
-import demo_data
 import glue
 import modeling
 import run_multi_task
@@ -58,10 +58,8 @@ SEQ = 64
 
 
 @pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=0, scale=0.5)
-    return folder
+def glue_dir(make_glue_dir):
+    return make_glue_dir(seed=0, scale=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -240,10 +238,8 @@ SMALL_ARCHITECTURES = {
 
 
 def small_config(path, **flags):
-    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=128, type_vocab_size=2, **flags)
-    path.write_text(json.dumps(values))
-    return path
+    """The tiny model with only the architecture ``flags`` ask for (no PALs by default)."""
+    return write_tiny_config(path, 30522, **{"mult": False, "pals": False, **flags})
 
 
 def record_each_step(monkeypatch) -> list:
@@ -262,9 +258,9 @@ def record_each_step(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("name", list(SMALL_ARCHITECTURES))
-def test_skip_unsampled_updates_changes_only_the_drawn_tasks_parameters(name, tmp_path, vocab_file, monkeypatch):
-    glue_dir = tmp_path / "glue"
-    demo_data.write_demo_glue(glue_dir, seed=1, scale=0.1)
+def test_skip_unsampled_updates_changes_only_the_drawn_tasks_parameters(name, tmp_path, vocab_file, monkeypatch,
+                                                                      make_glue_dir):
+    glue_dir = make_glue_dir(seed=1, scale=0.1)
     config = small_config(tmp_path / "config.json", **SMALL_ARCHITECTURES[name])
     moved_while_not_drawn = {}
     for skip in (True, False):

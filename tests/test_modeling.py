@@ -8,6 +8,7 @@ import math
 import pickle
 import re
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
@@ -138,11 +139,7 @@ def original_self_attention(module, hidden, mask):
 
 
 def tiny_config(**flags):
-    values = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
-                  hidden_size_aug=24, num_tasks=3)
-    values.update(flags)
-    return BertConfig(**values)
+    return conftest.tiny_config(**{"num_tasks": 3, **flags})
 
 
 def test_layer_norm_equals_the_original_formula():

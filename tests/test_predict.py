@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import checkpointing
-import demo_data
 import extract_features
 import glue
 import inference
@@ -29,10 +28,8 @@ EVAL_BATCH_SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=4, scale=0.3)
-    return folder
+def glue_dir(make_glue_dir):
+    return make_glue_dir(seed=4, scale=0.3)
 
 
 @pytest.fixture(scope="module")
