@@ -791,7 +791,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": checkpointing.optimizer_states_by_name(self.optimizers, self.model),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "sampler": self.sampler.state_dict(),
             "streams": [stream.state_dict() for stream in self.streams],
@@ -849,10 +849,12 @@ class Trainer:
                              f"{mine}: resume with the checkpoint's settings")
         checkpointing.check_state_dict(state["model"], self.model.state_dict(), source, what="model tensor")
         self.model.load_state_dict(state["model"])
+        optimizer_states = checkpointing.optimizer_states_by_position(state["optimizers"], self.optimizers,
+                                                                      self.model, list(state["model"]), source)
         try:
-            if len(state["optimizers"]) != len(self.optimizers) or len(state["streams"]) != len(self.streams):
-                raise ValueError("it holds a different number of optimizers or task streams")
-            for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            if len(state["streams"]) != len(self.streams):
+                raise ValueError("it holds a different number of task streams")
+            for optimizer, saved in zip(self.optimizers, optimizer_states):
                 optimizer.load_state_dict(saved)
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
