@@ -177,6 +177,7 @@ def test_replicate_original_reproduces_the_originals_steps(trajectory_name, repl
     record = watch_run(port_argv(trajectory, replication_dir, glue_data, minilm_dir, tmp_path / "out"))
 
     assert len(record["steps"]) == STEPS and len(record["lrs"]) == STEPS
+    assert_digests_agree("initial", record["init"], trajectory["init_task_tensors"])
     for number, (mine, reference, lr) in enumerate(zip(record["steps"], trajectory["steps"], record["lrs"]), 1):
         where = f"step {number}"
         assert mine["task"] == reference["task"], where
@@ -187,11 +188,142 @@ def test_replicate_original_reproduces_the_originals_steps(trajectory_name, repl
         assert mine["loss"] == pytest.approx(reference["loss"], rel=LOSS_RTOL, abs=0), where
         assert lr == reference["lr"], where
 
-    for what, mine, expected in (("initial", record["init"], trajectory["init_task_tensors"]),
-                                 ("after step 20", record["final"], trajectory["after_last_step"])):
-        assert set(expected) <= set(mine), sorted(set(expected) - set(mine))[:5]
-        wrong = {key: problem for key in expected if (problem := digest_mismatch(mine[key], expected[key]))}
-        assert not wrong, f"{len(wrong)} of {len(expected)} tensors differ {what}, e.g. {list(wrong.items())[:3]}"
+    assert_digests_agree("after step 20", record["final"], trajectory["after_last_step"])
+
+
+def assert_digests_agree(what: str, mine: dict, expected: dict) -> None:
+    assert set(expected) <= set(mine), sorted(set(expected) - set(mine))[:5]
+    wrong = {key: problem for key in expected if (problem := digest_mismatch(mine[key], expected[key]))}
+    assert not wrong, f"{len(wrong)} of {len(expected)} tensors differ {what}, e.g. {list(wrong.items())[:3]}"
+
+
+# ---------------------------------------------------------------------------------------
+# Every architecture draws its initial values as the original did
+# ---------------------------------------------------------------------------------------
+
+def original_random_draws(config: modeling.BertConfig, labels: list[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """The random numbers the original's ``BertForMultiTask(config, labels)`` draws, in
+    order, as (distribution, shape), read from its modeling.py (Bert-n-Pals 9b40f4f).
+
+    First the construction: each nn.Linear draws its weight, then its bias (uniform),
+    each nn.Embedding its weight (normal); a module the original deep-copies per task
+    (or per layer) is built, and draws, once. Then ``init_weights`` over the module tree,
+    depth first in registration order (a tied module wherever it is registered): every
+    Linear and Embedding weight, every LayerNorm's beta then gamma (normal).
+    """
+    H, A, T = config.hidden_size, config.hidden_size_aug, config.num_tasks
+    width = config.extra_dim or A  # BERTLowRank's width
+    built = []
+
+    def linear(n_in, n_out):  # returns the draws of its initialisation
+        built.extend([("uniform", (n_out, n_in)), ("uniform", (n_out,))])
+        return [("normal", (n_out, n_in))]
+
+    def embedding(rows, n):
+        built.append(("normal", (rows, n)))
+        return [("normal", (rows, n))]
+
+    def layer_norm(n):  # BERTLayerNorm: nothing at construction
+        return [("normal", (n,)), ("normal", (n,))]
+
+    def self_attention(n):  # BERTSelfAttention: query, key, value
+        return linear(n, n) + linear(n, n) + linear(n, n)
+
+    def low_rank():  # BERTLowRank: aug_dense, aug_dense2
+        return linear(H, width) + linear(width, H)
+
+    def pal():  # BERTPals: aug_dense, aug_dense2, attn
+        return linear(H, A) + linear(A, H) + self_attention(A)
+
+    def adapter():
+        return pal() if config.pals else low_rank()
+
+    def attention(n, houlsby=False):  # BERTAttention: self, output (multi_layers, dense, LayerNorm)
+        draws = self_attention(n)
+        if houlsby:
+            draws += low_rank() * T
+        return draws + linear(n, n) + layer_norm(n)
+
+    def layer(mult=False, houlsby=False):  # BERTLayer: attention, intermediate, output, (multi_lhuc), (multi_layers)
+        draws = attention(H, houlsby) + linear(H, config.intermediate_size)
+        draws += linear(config.intermediate_size, H) + layer_norm(H)
+        if houlsby:
+            draws += adapter() * T  # BERTOutput's multi_layers
+        if mult:
+            draws += adapter() * T  # (multi_lhuc: zeros, nothing drawn)
+        return draws
+
+    draws = embedding(config.vocab_size, H) + embedding(config.max_position_embeddings, H)
+    draws += embedding(config.type_vocab_size, H) + layer_norm(H)
+    if config.houlsby:
+        draws += [d for _ in range(config.num_hidden_layers) for d in layer(houlsby=True)]
+    elif config.mult:
+        draws += [d for _ in range(config.num_hidden_layers) for d in layer(mult=True)]
+    else:
+        draws += layer() * config.num_hidden_layers
+    if config.top and config.bert_lay_top:
+        draws += layer() * T
+    elif config.top:
+        dense, dense2 = linear(H, A), linear(A, H)
+        blocks = [d for _ in range(6) for d in attention(A)]
+        draws += dense * T + dense2 * T + blocks * T
+    if config.pals and (config.mult or config.houlsby):  # the tied V_E, V_D per task
+        dense, dense2 = linear(H, A), linear(A, H)
+        draws += dense * T + dense2 * T
+        if config.houlsby:
+            linear(H, A)  # a third Linear, never registered
+    draws += linear(H, H)  # pooler
+    for n in labels:
+        draws += linear(H, n)  # classifier
+    return built + draws
+
+
+class RecordRandomDraws(torch.overrides.TorchFunctionMode):
+    """Records the random initialisations torch is asked for (nn.init's and the tensor
+    methods init_weights calls), as (distribution, shape)."""
+
+    KINDS = {"kaiming_uniform_": "uniform", "uniform_": "uniform", "normal_": "normal"}
+
+    def __init__(self):
+        super().__init__()
+        self.draws = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = self.KINDS.get(getattr(func, "__name__", ""))
+        if kind is not None:
+            tensor = next(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor))
+            self.draws.append((kind, tuple(tensor.shape)))
+        return func(*args, **kwargs)
+
+
+ARCHITECTURES = {
+    "shared only": {},
+    "PALs": {"mult": True, "pals": True},
+    "low-rank": {"mult": True},
+    "low-rank, extra_dim": {"mult": True, "extra_dim": 5},
+    "Houlsby": {"houlsby": True},
+    "Houlsby + PALs": {"houlsby": True, "pals": True, "extra_dim": 5},
+    "top attention": {"top": True},
+    "top BERT layer": {"top": True, "bert_lay_top": True},
+    "LHUC": {"lhuc": True},
+    "LHUC + PALs": {"lhuc": True, "mult": True, "pals": True},
+}
+
+
+@pytest.mark.parametrize("flags", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
+def test_every_architecture_draws_its_initial_values_as_the_original(flags):
+    """The same draws in the same order: with one seed, the same initial values."""
+    config = modeling.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=20, max_position_embeddings=24, type_vocab_size=2,
+                                 hidden_size_aug=12, num_tasks=3, **flags)
+    labels = [2, 3, 1]
+    with RecordRandomDraws() as recorder:
+        modeling.BertForMultiTask(config, labels)
+    expected = original_random_draws(config, labels)
+    first = next((i for i, (a, b) in enumerate(zip(recorder.draws, expected)) if a != b), None)
+    assert recorder.draws == expected, (f"{len(recorder.draws)} draws, the original {len(expected)}; first "
+                                        f"difference at draw {first}")
 
 
 # ---------------------------------------------------------------------------------------
