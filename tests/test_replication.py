@@ -50,6 +50,16 @@ def fresh_logging():
         handler.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One thread, as the reference ran (OMP_NUM_THREADS=1): the same summation order in
+    every kernel, and no waiting on a second thread on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def replication_dir() -> Path:
     # Never skipped: the reference lies beside the clone (in CI too); without it the
@@ -151,8 +161,6 @@ def watch_run(argv: list[str]) -> dict:
             record["final"] = {key: digest(t) for key, t in models[0].state_dict().items()}
             raise _StopAfterLastStep
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the reference ran (OMP_NUM_THREADS=1)
     hooks = [torch.nn.modules.module.register_module_forward_hook(on_forward, with_kwargs=True),
              register_optimizer_step_pre_hook(before_step), register_optimizer_step_post_hook(after_step)]
     try:
@@ -161,7 +169,6 @@ def watch_run(argv: list[str]) -> dict:
     finally:
         for hook in hooks:
             hook.remove()
-        torch.set_num_threads(threads)
     return record
 
 
