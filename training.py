@@ -172,9 +172,7 @@ class BatchStream:
         if self._cached_pass != pass_index:
             rng = np.random.default_rng([self.seed, self.task_id, pass_index])
             if self.torch_sampler:  # (replayed: only pass 0 is ever asked for)
-                if self.sampler_seed is None:
-                    self.sampler_seed = _draw_torch_int64()  # RandomSampler.__iter__, at the first batch
-                generator = torch.Generator().manual_seed(self.sampler_seed)
+                generator = torch.Generator().manual_seed(self.draw_sampler_seed())
                 self._cached_order = torch.randperm(self.num_examples, generator=generator).numpy()
             elif self.lengths is None:
                 self._cached_order = rng.permutation(self.num_examples)
@@ -185,6 +183,13 @@ class BatchStream:
                 self._cached_order = glue.length_grouped_pass(self.lengths, self.batch_size, rng, head)
             self._cached_pass = pass_index
         return self._cached_order
+
+    def draw_sampler_seed(self) -> int:
+        """(torch_sampler) The sampler's seed, drawn from torch's global generator the
+        first time, as RandomSampler.__iter__ draws it at the task's first batch."""
+        if self.sampler_seed is None:
+            self.sampler_seed = _draw_torch_int64()
+        return self.sampler_seed
 
     def next_indices(self) -> np.ndarray:
         """Indices of the next batch (global, before sharding across ranks)."""
@@ -598,7 +603,8 @@ class Trainer:
                                   desc=f"epoch {self.epoch}", enabled=ctx.is_main) as progress:
                     while self.step_in_epoch < settings.steps_per_epoch:
                         # Every rank draws the same task: the sampler is seeded alike everywhere
-                        # (the digest of the draws is compared across ranks at the end).
+                        # (the digest of the draws, and of the batches, is compared across
+                        # ranks at the end).
                         task_id = self.sampler.next_task()
                         self.draw_digest.update(bytes([task_id % 256]))
                         loss = self.train_step(task_id)
@@ -653,7 +659,15 @@ class Trainer:
         # over all its examples: each micro-batch (and each rank's share of it) counts by
         # its number of examples, which matters when a batch is partial (the last batch of
         # a pass under --replicate_original).
-        micro_batches = [self.streams[task_id].next_indices() for _ in range(accumulation)]
+        stream = self.streams[task_id]
+        if stream.torch_sampler and stream.sampler_seed is None and ctx.distributed:
+            # The task's first batch: each rank draws the seed as the original would, and
+            # all keep rank 0's, since the ranks' generators can differ (dropout on
+            # shards of different sizes) and every rank must cut the same batches.
+            drawn = stream.draw_sampler_seed()
+            stream.sampler_seed = ctx.all_reduce_int(drawn if ctx.is_main else -1, "max")
+        micro_batches = [stream.next_indices() for _ in range(accumulation)]
+        self.draw_digest.update(np.concatenate(micro_batches).astype(np.int64).tobytes())
         step_examples = sum(len(indices) for indices in micro_batches)
         step_loss, local_examples = 0.0, 0
         for micro_step, global_indices in enumerate(micro_batches):
@@ -781,9 +795,9 @@ class Trainer:
     def _check_ranks_drew_the_same_tasks(self) -> None:
         digests = self.ctx.gather_objects(self.draw_digest.hexdigest())
         if len(set(digests)) != 1:
-            raise RuntimeError(f"ranks drew different task sequences: {digests}")
+            raise RuntimeError(f"ranks drew different task or batch sequences: {digests}")
         if self.ctx.distributed:
-            logger.info("all %d ranks drew the same %d tasks (sha256 %s)", self.ctx.world_size,
+            logger.info("all %d ranks drew the same %d tasks and batches (sha256 %s)", self.ctx.world_size,
                         self.global_step, digests[0][:16])
 
     # ---- checkpoints ----------------------------------------------------------------
