@@ -678,6 +678,105 @@ def load_training_checkpoint(output_dir: PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
+# Optimizer state in training checkpoints: keyed by parameter name
+#
+# torch keys an optimizer's state by the parameter's position in its groups, so a
+# change of parameter order (a module registered elsewhere) would hand one parameter's
+# moments to another. last.pt keys it by parameter name instead (tied parameters by
+# their first name, as named_parameters() gives them); it goes back to positions only
+# to be loaded into this run's optimizer.
+# --------------------------------------------------------------------------------------
+
+def optimizer_states_by_name(optimizers: Sequence[torch.optim.Optimizer], model: nn.Module) -> list[dict[str, Any]]:
+    """Each optimizer's ``state_dict()`` with every position replaced by its parameter's name."""
+    name_of = {param: name for name, param in model.named_parameters()}
+    states = []
+    for optimizer in optimizers:
+        names = [name_of[param] for group in optimizer.param_groups for param in group["params"]]
+        saved = optimizer.state_dict()
+        states.append({"state": {names[position]: value for position, value in saved["state"].items()},
+                       "param_groups": [{**group, "params": [names[position] for position in group["params"]]}
+                                        for group in saved["param_groups"]]})
+    return states
+
+
+def optimizer_states_by_position(saved_states: Any, optimizers: Sequence[torch.optim.Optimizer], model: nn.Module,
+                                 saved_model_keys: Sequence[str], source: Any) -> list[dict[str, Any]]:
+    """The saved optimizer states (by name, or by position from an earlier version) as
+    ``load_state_dict`` of this run's ``optimizers`` takes them; CheckpointError (one
+    line naming ``source``) for a state that does not fit.
+
+    A state keyed by position was written before names were used. Its positions follow
+    the parameter order of the model that wrote it, which its model tensors
+    (``saved_model_keys``, in their saved order) record: each parameter's first key.
+    With that order and this run's groups (the same parameters, grouped by name), the
+    positions map back to names; if a count or a shape does not agree, it is refused.
+    """
+    if not isinstance(saved_states, list) or len(saved_states) != len(optimizers):
+        count = len(saved_states) if isinstance(saved_states, list) else "no list of"
+        raise CheckpointError(f"{source}: holds {count} optimizer state(s), this run has {len(optimizers)}")
+    name_of = {param: name for name, param in model.named_parameters()}
+    positional = []
+    for optimizer, saved in zip(optimizers, saved_states):
+        groups = [[name_of[param] for param in group["params"]] for group in optimizer.param_groups]
+        try:
+            saved_groups, saved_state = saved["param_groups"], saved["state"]
+            if len(saved_groups) != len(groups):
+                raise CheckpointError(f"{source}: its optimizer has {len(saved_groups)} parameter group(s), "
+                                      f"this run's has {len(groups)}")
+            if any(not isinstance(key, str) for key in saved_state):
+                saved = _named_from_positions(saved, groups, model, saved_model_keys, source)
+                saved_groups, saved_state = saved["param_groups"], saved["state"]
+            positions = {name: position for position, name in enumerate(n for group in groups for n in group)}
+            for index, (group, names) in enumerate(zip(saved_groups, groups)):
+                if sorted(group["params"]) != sorted(names):
+                    unknown = sorted(set(group["params"]) - set(names)) or sorted(set(names) - set(group["params"]))
+                    raise CheckpointError(f"{source}: optimizer group {index} does not hold this model's "
+                                          f"parameters (e.g. '{unknown[0]}')")
+            positional.append({
+                "state": {positions[name]: value for name, value in saved_state.items()},
+                # This run's order within each group: load_state_dict pairs the lists position by position.
+                "param_groups": [{**group, "params": [positions[name] for name in names]}
+                                 for group, names in zip(saved_groups, groups)]})
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{source}: unreadable optimizer state ({type(err).__name__}: {err})") from None
+    return positional
+
+
+def _named_from_positions(saved: Mapping[str, Any], groups: list[list[str]], model: nn.Module,
+                          saved_model_keys: Sequence[str], source: Any) -> dict[str, Any]:
+    """A state keyed by position (an earlier version's last.pt), keyed by name."""
+    why = (f"{source}: its optimizer state is keyed by position (written by an earlier version) "
+           "and does not fit this model's parameters")
+    param_of = dict(model.named_parameters(remove_duplicate=False))  # every alias of a tied parameter
+    written_order: dict[nn.Parameter, int] = {}
+    for key in saved_model_keys:  # the writing model's order: each parameter's first key
+        param = param_of.get(key)
+        if param is not None and param not in written_order:
+            written_order[param] = len(written_order)
+    name_of = {param: name for name, param in model.named_parameters()}
+    position_names, sizes = [], []
+    for names in groups:
+        params = [param_of[name] for name in names]
+        if any(param not in written_order for param in params):
+            raise CheckpointError(f"{why} (the checkpoint's model lacks some of them)")
+        position_names += [name_of[param] for param in sorted(params, key=written_order.__getitem__)]
+        sizes.append(len(names))
+    if [len(group["params"]) for group in saved["param_groups"]] != sizes:
+        raise CheckpointError(f"{why} (its groups hold {[len(g['params']) for g in saved['param_groups']]} "
+                              f"parameters, this run's {sizes})")
+    state = {}
+    for position, value in saved["state"].items():
+        name = position_names[position] if isinstance(position, int) and 0 <= position < len(position_names) else None
+        moments = [v for v in value.values() if isinstance(v, torch.Tensor) and v.dim() > 0] if name else []
+        if name is None or any(tuple(v.shape) != tuple(param_of[name].shape) for v in moments):
+            raise CheckpointError(f"{why} (entry {position})")
+        state[name] = value
+    return {"state": state, "param_groups": [{**group, "params": position_names[sum(sizes[:i]):sum(sizes[:i + 1])]}
+                                             for i, group in enumerate(saved["param_groups"])]}
+
+
+# --------------------------------------------------------------------------------------
 # Adapter checkpoints: one small file per task
 # --------------------------------------------------------------------------------------
 

@@ -149,6 +149,16 @@ class InputExample:
     text_b: str | None = None
     label: str | None = None
 
+    # The original extract_features' name of the line index (its InputExample(unique_id,
+    # text_a, text_b) took the same positions).
+    @property
+    def unique_id(self) -> str | int:
+        return self.guid
+
+    @unique_id.setter
+    def unique_id(self, value: str | int) -> None:
+        self.guid = value
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -409,6 +419,29 @@ class InputFeatures:
     tokens: list[str] | None = None
     guid: str | int | None = None
     truncated: bool = False  # the example had more tokens than max_seq_length allows
+
+    # The original extract_features' names: unique_id (the line index) and
+    # input_type_ids (the segment ids); input_mask is 1 for every token (features are
+    # not padded here).
+    @property
+    def unique_id(self) -> str | int | None:
+        return self.guid
+
+    @unique_id.setter
+    def unique_id(self, value: str | int | None) -> None:
+        self.guid = value
+
+    @property
+    def input_type_ids(self) -> list[int]:
+        return self.segment_ids
+
+    @input_type_ids.setter
+    def input_type_ids(self, value: list[int]) -> None:
+        self.segment_ids = value
+
+    @property
+    def input_mask(self) -> list[int]:
+        return [1] * len(self.input_ids)
 
 
 def truncate_seq_pair(tokens_a, tokens_b, max_length) -> None:

@@ -399,13 +399,14 @@ class BERTSelfOutput(nn.Module):
     def __init__(self, config: BertConfig, multi_params=None, houlsby: bool = False):
         super().__init__()
         width = config.hidden_size_aug if multi_params is not None else config.hidden_size
+        if houlsby:
+            # The attention-position adapter is always low-rank (width extra_dim if set).
+            # Built before the dense layer, as the original (construction order, see BERTEncoder).
+            self.multi_layers = task_adapters(config, "low_rank")
         self.dense = nn.Linear(width, width)
         self.LayerNorm = BERTLayerNorm(config, multi_params)
         self.dropout = Dropout(config.hidden_dropout_prob)
         self.houlsby = houlsby
-        if houlsby:
-            # The attention-position adapter is always low-rank (width extra_dim if set).
-            self.multi_layers = task_adapters(config, "low_rank")
 
     def forward(self, hidden_states, input_tensor, attention_mask=None, i: Task = 0) -> torch.Tensor:
         hidden_states = self.dropout(self.dense(hidden_states))  # [B, T, H]
@@ -499,9 +500,10 @@ class BERTPals(nn.Module):
 
     def __init__(self, config: BertConfig, extra_dim=None):
         super().__init__()
+        # Registered in the original's order: V_E, V_D, then the attention.
         self.aug_dense = nn.Linear(config.hidden_size, config.hidden_size_aug)  # V_E
-        self.attn = BERTSelfAttention(config, PAL_HEADS)
         self.aug_dense2 = nn.Linear(config.hidden_size_aug, config.hidden_size)  # V_D
+        self.attn = BERTSelfAttention(config, PAL_HEADS)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         projected = self.aug_dense(hidden_states)  # [B, T, A]
@@ -544,13 +546,26 @@ def register_adapter(name: str, cls: Callable[[BertConfig], nn.Module]) -> Calla
 
 
 def task_adapters(config: BertConfig, name: str) -> nn.ModuleList:
-    """One adapter ``ADAPTERS[name]`` per task."""
+    """One adapter ``ADAPTERS[name]`` per task: one built, deep-copied per task (see
+    ``deep_copies``)."""
     try:
         adapter = ADAPTERS[name]
     except KeyError:
         raise ConfigError(f"'adapter' {name!r} is not registered; registered adapters: "
                           f"{', '.join(sorted(ADAPTERS))}") from None
-    return nn.ModuleList(adapter(config) for _ in range(config.num_tasks))
+    return deep_copies(adapter(config), config.num_tasks)
+
+
+def deep_copies(module: nn.Module, count: int) -> nn.ModuleList:
+    """``count`` deep copies of one built module, as the original made every per-task
+    list (and the layers of a model without adapters).
+
+    The copies start equal, and ``init_weights`` then draws every copy's weights anew;
+    what copying keeps is the number of random draws at construction (one module's, not
+    one per copy). With the original's registration order everywhere and one
+    ``init_weights`` over the whole model, a seed gives the original's initial values.
+    """
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(count))
 
 
 # --------------------------------------------------------------------------------------
@@ -658,7 +673,7 @@ class BERTLayer(nn.Module):
         self.mult = mult
         self.houlsby = houlsby
         if config.lhuc:
-            self.multi_lhuc = nn.ModuleList(BERTLhuc(config) for _ in range(config.num_tasks))
+            self.multi_lhuc = deep_copies(BERTLhuc(config), config.num_tasks)
         if mult:
             self.multi_layers = task_adapters(config, config.adapter_name)
 
@@ -684,27 +699,29 @@ class BERTEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
-        self.layer = nn.ModuleList(
-            BERTLayer(config, mult=config.mult, houlsby=config.houlsby)
-            for _ in range(config.num_hidden_layers)
-        )
+        # As the original: layers with adapters are built one by one, plain layers
+        # (top, LHUC alone, shared only) as one layer deep-copied.
+        if config.mult or config.houlsby:
+            self.layer = nn.ModuleList(
+                BERTLayer(config, mult=config.mult, houlsby=config.houlsby)
+                for _ in range(config.num_hidden_layers)
+            )
+        else:
+            self.layer = deep_copies(BERTLayer(config), config.num_hidden_layers)
         if config.top:
             self._build_top(config)
         if config.uses_shared_pals:
             self._tie_pal_projections(config)
 
     def _build_top(self, config: BertConfig) -> None:
-        tasks = range(config.num_tasks)
+        tasks = config.num_tasks
         if config.bert_lay_top:
-            self.multi_layers = nn.ModuleList(BERTLayer(config) for _ in tasks)
+            self.multi_layers = deep_copies(BERTLayer(config), tasks)
             return
-        self.mult_dense = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
-        self.mult_dense2 = nn.ModuleList(
-            nn.Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
-        self.multi_layers = nn.ModuleList(
-            nn.ModuleList(BERTAttention(config, TOP_ATTENTION_HEADS) for _ in range(TOP_ATTENTION_BLOCKS))
-            for _ in tasks)
+        self.mult_dense = deep_copies(nn.Linear(config.hidden_size, config.hidden_size_aug), tasks)
+        self.mult_dense2 = deep_copies(nn.Linear(config.hidden_size_aug, config.hidden_size), tasks)
+        blocks = nn.ModuleList(BERTAttention(config, TOP_ATTENTION_HEADS) for _ in range(TOP_ATTENTION_BLOCKS))
+        self.multi_layers = deep_copies(blocks, tasks)
 
     def _tie_pal_projections(self, config: BertConfig) -> None:
         """One V_E and one V_D per task, registered in every layer's PAL (as the original).
@@ -712,11 +729,13 @@ class BERTEncoder(nn.Module):
         The state dict lists each tied tensor once per layer plus once under
         ``mult_aug_dense``; ``parameters()`` yields it once.
         """
-        tasks = range(config.num_tasks)
-        self.mult_aug_dense = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
-        self.mult_aug_dense2 = nn.ModuleList(
-            nn.Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
+        tasks = config.num_tasks
+        self.mult_aug_dense = deep_copies(nn.Linear(config.hidden_size, config.hidden_size_aug), tasks)
+        self.mult_aug_dense2 = deep_copies(nn.Linear(config.hidden_size_aug, config.hidden_size), tasks)
+        if config.houlsby:
+            # The original built a third Linear here and never used it: built and dropped,
+            # it draws the same random numbers (no parameters are kept).
+            nn.Linear(config.hidden_size, config.hidden_size_aug)
         for layer in self.layer:
             pals = layer.output.multi_layers if config.houlsby else layer.multi_layers
             for task, pal in enumerate(pals):

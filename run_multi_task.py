@@ -34,6 +34,7 @@ import reports
 import tokenization
 import training
 from errors import ConfigError, UsageError
+from kernels import Kernels, set_kernels
 from modeling import BertConfig
 
 logger = logging.getLogger("run_multi_task")
@@ -404,6 +405,7 @@ def settings_from_args(args, output_dir: Path, num_tasks: int,
         pad_to=args.max_seq_length if original else None,
         replay_first_pass=original,
         group_by_length=not (args.no_group_by_length or original),
+        original_batch_order=original,
         select_by_original_sum=original,
         dropout_off_after_first_eval=original,
         use_original_sizes=args.original_sizes or original,
@@ -430,6 +432,8 @@ def check_batch_split(args, ctx: training.DistributedContext) -> None:
 
 
 def build_model_for_run(args, config: BertConfig, task_names: list[str]):
+    # --replicate_original: torch's own dropout, whose masks are the original's.
+    kernels = Kernels.plain() if args.replicate_original else None
     if args.adapter_checkpoints:
         if not args.init_checkpoint:
             raise UsageError("--adapter_checkpoints needs --init_checkpoint (the shared BERT)")
@@ -437,8 +441,9 @@ def build_model_for_run(args, config: BertConfig, task_names: list[str]):
         model, adapter_tasks = checkpointing.build_model_from_adapters(args.init_checkpoint, files)
         if adapter_tasks != task_names:
             raise UsageError(f"--adapter_checkpoints hold tasks {adapter_tasks}, but --tasks gives {task_names}")
-        return model
-    return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init)
+        return set_kernels(model, kernels) if kernels else model
+    return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init,
+                                kernels=kernels)
 
 
 def run(args: argparse.Namespace, given: set[str] | None = None) -> int:

@@ -39,6 +39,7 @@ import cli
 import glue
 import reports
 from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
+from kernels import Kernels
 from modeling import BertConfig, BertForMultiTask, is_task_specific, standard_layer_norm_init
 from optimization import BERTAdam
 
@@ -136,28 +137,46 @@ class BatchStream:
 
     With ``replay_first_pass`` (the original's ``itertools.cycle``), the first pass's
     batches, the last one partial, are replayed in the same order forever.
+
+    With ``torch_sampler`` as well (``--replicate_original``), that first pass is the
+    original's ``DataLoader(RandomSampler)``, drawn from torch's global generator at the
+    moments the original drew: the stream is built where the original called
+    ``iter(DataLoader)``, which draws one int64 (the workers' base seed, unused here);
+    the task's first batch draws the sampler's seed, and the pass is
+    ``torch.randperm(n)`` of a generator seeded with it. That seed joins the state.
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, task_id: int,
-                 replay_first_pass: bool = False, lengths: Sequence[int] | None = None):
+                 replay_first_pass: bool = False, lengths: Sequence[int] | None = None,
+                 torch_sampler: bool = False):
         if num_examples < 1:
             raise UsageError(f"task {task_id} has no training examples")
         if lengths is not None and len(lengths) != num_examples:
             raise ValueError(f"{len(lengths)} lengths for {num_examples} examples")
+        if torch_sampler and (lengths is not None or not replay_first_pass):
+            raise ValueError("torch_sampler is the original's plain shuffle, replayed: it needs "
+                             "replay_first_pass and no lengths")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
         self.task_id = task_id
         self.replay_first_pass = replay_first_pass
         self.lengths = None if lengths is None else np.asarray(lengths)
+        self.torch_sampler = torch_sampler
+        self.sampler_seed: int | None = None  # (torch_sampler) drawn at the task's first batch
         self.batches_drawn = 0
         self._cached_pass: int | None = None
         self._cached_order: np.ndarray | None = None
+        if torch_sampler:
+            _draw_torch_int64()  # what iter(DataLoader(...)) draws: its base seed
 
     def _pass_order(self, pass_index: int) -> np.ndarray:
         if self._cached_pass != pass_index:
             rng = np.random.default_rng([self.seed, self.task_id, pass_index])
-            if self.lengths is None:
+            if self.torch_sampler:  # (replayed: only pass 0 is ever asked for)
+                generator = torch.Generator().manual_seed(self.draw_sampler_seed())
+                self._cached_order = torch.randperm(self.num_examples, generator=generator).numpy()
+            elif self.lengths is None:
                 self._cached_order = rng.permutation(self.num_examples)
             else:
                 # The pass starts at example position pass_index * num_examples of the
@@ -166,6 +185,13 @@ class BatchStream:
                 self._cached_order = glue.length_grouped_pass(self.lengths, self.batch_size, rng, head)
             self._cached_pass = pass_index
         return self._cached_order
+
+    def draw_sampler_seed(self) -> int:
+        """(torch_sampler) The sampler's seed, drawn from torch's global generator the
+        first time, as RandomSampler.__iter__ draws it at the task's first batch."""
+        if self.sampler_seed is None:
+            self.sampler_seed = _draw_torch_int64()
+        return self.sampler_seed
 
     def next_indices(self) -> np.ndarray:
         """Indices of the next batch (global, before sharding across ranks)."""
@@ -185,11 +211,26 @@ class BatchStream:
             start += take
         return np.concatenate(chunks)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"batches_drawn": self.batches_drawn}
+    def state_dict(self) -> dict[str, int | None]:
+        state = {"batches_drawn": self.batches_drawn}
+        if self.torch_sampler:
+            state["sampler_seed"] = self.sampler_seed  # None before the task's first batch
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batches_drawn = int(state["batches_drawn"])
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        batches_drawn = int(state["batches_drawn"])
+        if self.torch_sampler and batches_drawn and state.get("sampler_seed") is None:
+            # A checkpoint of an earlier version, whose batches came from NumPy.
+            raise ValueError(f"task {self.task_id}'s batches were not drawn in the original's DataLoader "
+                             "order (a checkpoint of a version before --replicate_original drew it from torch)")
+        self.batches_drawn = batches_drawn
+        self.sampler_seed = None if state.get("sampler_seed") is None else int(state["sampler_seed"])
+        self._cached_pass = self._cached_order = None
+
+
+def _draw_torch_int64() -> int:
+    """One int64 from torch's global generator, drawn as DataLoader and RandomSampler draw it."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
 
 
 # --------------------------------------------------------------------------------------
@@ -274,14 +315,15 @@ LAYER_NORM_INITS = ("original", "standard")
 
 
 def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: str | None,
-                freeze: bool, layer_norm_init: str = "original") -> BertForMultiTask:
+                freeze: bool, layer_norm_init: str = "original", kernels: Kernels | None = None) -> BertForMultiTask:
     """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init).
 
     ``layer_norm_init`` "standard" starts the LayerNorms no checkpoint overwrites at
-    gamma 1, beta 0 instead of the original's N(0, 0.02) for both.
+    gamma 1, beta 0 instead of the original's N(0, 0.02) for both. ``kernels``: the
+    model's speed kernels (default all fast; ``Kernels.plain()``: torch's dropout).
     """
     config = config.replace(num_tasks=len(task_names))
-    model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names])
+    model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names], kernels=kernels)
     if layer_norm_init == "standard":
         standard_layer_norm_init(model)
     elif config.top:
@@ -483,7 +525,7 @@ def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings:
 class TrainingSettings:
     """What the training loop needs beyond the model and data (validated by the CLI).
 
-    The five fields after ``max_seq_length`` are what ``--replicate_original`` changes;
+    The seven fields after ``max_seq_length`` are what ``--replicate_original`` changes;
     run_multi_task.py sets them once, and nothing else looks at that flag.
     """
 
@@ -502,6 +544,9 @@ class TrainingSettings:
     pad_to: int | None = None  # pad every batch to this length (the original: max_seq_length)
     replay_first_pass: bool = False  # the original's itertools.cycle over the first pass's batches
     group_by_length: bool = True  # length-grouped training batches (the original: plain shuffling)
+    # each task's batch order drawn from torch's global generator as the original's
+    # DataLoader(RandomSampler) drew it (needs replay_first_pass, no grouping)
+    original_batch_order: bool = False
     select_by_original_sum: bool = False  # best model by the sum of per-batch metrics, not the GLUE average
     dropout_off_after_first_eval: bool = False  # the original's model.eval() that was never undone
     use_original_sizes: bool = False  # sample by the original's hard-coded task sizes
@@ -556,9 +601,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if settings.fp16 else None
         self.sampler = glue.TaskSampler(self.task_sizes(), settings.sample, settings.num_train_epochs, settings.seed)
         micro_batch = settings.train_batch_size // settings.gradient_accumulation_steps
+        # (Under original_batch_order each stream draws from torch's generator as it is
+        # built, in task order, where the original called iter(DataLoader) for each task.)
         self.streams = [BatchStream(len(t.train), micro_batch, settings.seed, t.task_id,
                                     replay_first_pass=settings.replay_first_pass,
-                                    lengths=[len(f.input_ids) for f in t.train] if settings.group_by_length else None)
+                                    lengths=[len(f.input_ids) for f in t.train] if settings.group_by_length else None,
+                                    torch_sampler=settings.original_batch_order)
                         for t in tasks]
         self.global_step = 0
         self.epoch = 0
@@ -614,7 +662,8 @@ class Trainer:
                                   desc=f"epoch {self.epoch}", enabled=ctx.is_main) as progress:
                     while self.step_in_epoch < settings.steps_per_epoch:
                         # Every rank draws the same task: the sampler is seeded alike everywhere
-                        # (the digest of the draws is compared across ranks at the end).
+                        # (the digest of the draws, and of the batches, is compared across
+                        # ranks at the end).
                         task_id = self.sampler.next_task()
                         self.draw_digest.update(bytes([task_id % 256]))
                         loss = self.train_step(task_id)
@@ -669,7 +718,15 @@ class Trainer:
         # over all its examples: each micro-batch (and each rank's share of it) counts by
         # its number of examples, which matters when a batch is partial (the last batch of
         # a pass under --replicate_original).
-        micro_batches = [self.streams[task_id].next_indices() for _ in range(accumulation)]
+        stream = self.streams[task_id]
+        if stream.torch_sampler and stream.sampler_seed is None and ctx.distributed:
+            # The task's first batch: each rank draws the seed as the original would, and
+            # all keep rank 0's, since the ranks' generators can differ (dropout on
+            # shards of different sizes) and every rank must cut the same batches.
+            drawn = stream.draw_sampler_seed()
+            stream.sampler_seed = ctx.all_reduce_int(drawn if ctx.is_main else -1, "max")
+        micro_batches = [stream.next_indices() for _ in range(accumulation)]
+        self.draw_digest.update(np.concatenate(micro_batches).astype(np.int64).tobytes())
         step_examples = sum(len(indices) for indices in micro_batches)
         step_loss, local_examples = 0.0, 0
         for micro_step, global_indices in enumerate(micro_batches):
@@ -797,9 +854,9 @@ class Trainer:
     def _check_ranks_drew_the_same_tasks(self) -> None:
         digests = self.ctx.gather_objects(self.draw_digest.hexdigest())
         if len(set(digests)) != 1:
-            raise RuntimeError(f"ranks drew different task sequences: {digests}")
+            raise RuntimeError(f"ranks drew different task or batch sequences: {digests}")
         if self.ctx.distributed:
-            logger.info("all %d ranks drew the same %d tasks (sha256 %s)", self.ctx.world_size,
+            logger.info("all %d ranks drew the same %d tasks and batches (sha256 %s)", self.ctx.world_size,
                         self.global_step, digests[0][:16])
 
     # ---- checkpoints ----------------------------------------------------------------
@@ -807,7 +864,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": checkpointing.optimizer_states_by_name(self.optimizers, self.model),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "sampler": self.sampler.state_dict(),
             "streams": [stream.state_dict() for stream in self.streams],
@@ -867,10 +924,12 @@ class Trainer:
                              f"{mine}: resume with the checkpoint's settings")
         checkpointing.check_state_dict(state["model"], self.model.state_dict(), source, what="model tensor")
         self.model.load_state_dict(state["model"])
+        optimizer_states = checkpointing.optimizer_states_by_position(state["optimizers"], self.optimizers,
+                                                                      self.model, list(state["model"]), source)
         try:
-            if len(state["optimizers"]) != len(self.optimizers) or len(state["streams"]) != len(self.streams):
-                raise ValueError("it holds a different number of optimizers or task streams")
-            for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            if len(state["streams"]) != len(self.streams):
+                raise ValueError("it holds a different number of task streams")
+            for optimizer, saved in zip(self.optimizers, optimizer_states):
                 optimizer.load_state_dict(saved)
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])

@@ -435,6 +435,22 @@ def test_features_come_from_glues_builder(minilm_dir):
     assert (training.tokens, training.guid, training.label_id) == (None, None, 1)  # training keeps no tokens
 
 
+def test_the_originals_field_names_still_work(minilm_dir, tmp_path):
+    """Code written against the original's extract_features reads an example's
+    unique_id and a feature's unique_id, input_type_ids and input_mask."""
+    path = tmp_path / "input.txt"
+    path.write_text("one two ||| three\nfour\n", encoding="utf-8")
+    examples = list(ef.read_examples(str(path)))
+    assert [e.unique_id for e in examples] == [0, 1]
+    feature = ef.convert_example(examples[0], _tokenizer(minilm_dir), 16)
+    assert feature.tokens == ["[CLS]", "one", "two", "[SEP]", "three", "[SEP]"]
+    assert feature.unique_id == 0
+    assert feature.input_type_ids == [0, 0, 0, 0, 1, 1]
+    assert feature.input_mask == [1] * 6
+    examples[1].unique_id = 7  # the aliases are the fields themselves
+    assert examples[1].guid == 7 and ef.InputExample(3, "a").unique_id == 3
+
+
 def test_errors_are_the_projects_error_classes(tmp_path):
     from errors import DataError, UsageError
     with pytest.raises(DataError, match="input file not found"):
