@@ -39,7 +39,7 @@ import cli
 import glue
 import reports
 from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
-from modeling import BertConfig, BertForMultiTask, standard_layer_norm_init
+from modeling import BertConfig, BertForMultiTask, BERTLayerNorm, BERTPals, standard_layer_norm_init, task_of_key
 from optimization import BERTAdam
 
 logger = logging.getLogger("run_multi_task")
@@ -47,8 +47,6 @@ logger = logging.getLogger("run_multi_task")
 ORIGINAL_STEPS_PER_TASK = 300  # optimizer steps per epoch per task in the original
 ORIGINAL_EVAL_BATCH_SIZE = 8
 SPLIT_OPTIMIZER_LR = 3e-4  # the original's hard-coded LR for PAL attention under --optim
-NO_DECAY_MARKERS = ("bias", "gamma", "beta")
-FREEZE_KEEP_MARKERS = ("aug", "classifier", "mult", "gamma", "beta")
 
 # Settings a resumed run must share with the checkpoint, or it would silently end
 # somewhere an uninterrupted run would not (flag name for the message -> attribute).
@@ -294,22 +292,44 @@ def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: 
 
 
 def freeze_shared_bert(model: BertForMultiTask) -> int:
-    """The original's --freeze: train only adapters, LayerNorms and heads. Returns the count frozen."""
+    """The original's --freeze: train only the task-specific parts (modeling.TASK_LISTS:
+    adapters, LHUC, modules on top; the heads are outside ``bert``) and the LayerNorms.
+    Returns the count frozen."""
+    layer_norms = layer_norm_parameters(model.bert)
     frozen = 0
     for name, param in model.bert.named_parameters():
-        if not any(marker in name for marker in FREEZE_KEEP_MARKERS):
+        if task_of_key(name) is None and name not in layer_norms:
             param.requires_grad = False
             frozen += param.numel()
     return frozen
 
 
-def _decay_groups(named_params):
+def layer_norm_parameters(model: nn.Module) -> set[str]:
+    """The names of the LayerNorms' gains and shifts (BERT's ``gamma``/``beta``, or an
+    adapter's own ``nn.LayerNorm``)."""
+    return {f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules()
+            if isinstance(module, (BERTLayerNorm, nn.LayerNorm))
+            for name, _ in module.named_parameters(recurse=False)}
+
+
+def no_decay_parameters(model: nn.Module) -> set[str]:
+    """The parameters without weight decay, as in the original: biases and LayerNorms."""
+    biases = {name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    return biases | layer_norm_parameters(model)
+
+
+def pal_attention_parameters(model: nn.Module) -> set[str]:
+    """The names of the PALs' attention parameters (``--optim`` trains them apart)."""
+    return {f"{module_name}.attn.{name}" for module_name, module in model.named_modules()
+            if isinstance(module, BERTPals) for name, _ in module.attn.named_parameters()}
+
+
+def _decay_groups(named_params, no_decay: set[str]):
     named_params = list(named_params)
     return [
-        {"params": [p for n, p in named_params if not any(m in n for m in NO_DECAY_MARKERS)],
-         "weight_decay_rate": 0.01},
-        {"params": [p for n, p in named_params if any(m in n for m in NO_DECAY_MARKERS)],
-         "weight_decay_rate": 0.0},
+        {"params": [p for n, p in named_params if n not in no_decay], "weight_decay_rate": 0.01},
+        {"params": [p for n, p in named_params if n in no_decay], "weight_decay_rate": 0.0},
     ]
 
 
@@ -324,15 +344,17 @@ def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_to
     resumed run behaves exactly like an uninterrupted one.
     """
     named = list(model.named_parameters())
+    no_decay = no_decay_parameters(model)
     options = dict(warmup=warmup, t_total=t_total, zero_grad_updates=update_unsampled)
     if not split_attention:
-        return [BERTAdam(_decay_groups(named), lr=learning_rate, **options)]
-    attention = [(n, p) for n, p in named if "attn" in n]
-    rest = [(n, p) for n, p in named if "attn" not in n]
+        return [BERTAdam(_decay_groups(named, no_decay), lr=learning_rate, **options)]
+    pal_attention = pal_attention_parameters(model)
+    attention = [(n, p) for n, p in named if n in pal_attention]
+    rest = [(n, p) for n, p in named if n not in pal_attention]
     if not attention:
         raise UsageError("--optim splits off the PAL attention parameters, but this config has none")
-    return [BERTAdam(_decay_groups(rest), lr=learning_rate, **options),
-            BERTAdam(_decay_groups(attention), lr=SPLIT_OPTIMIZER_LR, **options)]
+    return [BERTAdam(_decay_groups(rest, no_decay), lr=learning_rate, **options),
+            BERTAdam(_decay_groups(attention, no_decay), lr=SPLIT_OPTIMIZER_LR, **options)]
 
 
 def unwrap(model: nn.Module) -> BertForMultiTask:
