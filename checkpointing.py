@@ -246,11 +246,12 @@ def task_module_kind(model: nn.Module, key: str) -> str:
     user recognises: the adapter's class (``BERTPals``, ``BERTLowRank``, ``BERTLhuc``),
     the class of a module on top (``BERTAttention on top``), or the name of a per-task
     list of plain layers (``classifier``, ``mult_aug_dense``)."""
-    match = modeling.TASK_INDEX_PATTERN.search(key)
-    if match is None:
+    found = modeling.split_task_key(key)
+    if found is None:
         return key.split(".")[0]  # a head outside the per-task lists (qa_outputs ...)
-    path = key[:match.end()]  # ... up to and including the task index
-    list_name = path.split(".")[-2]
+    list_path, task_id, _ = found
+    path = f"{list_path}.{task_id}"  # the task's part
+    list_name = list_path.split(".")[-1]
     try:
         module = model.get_submodule(path)
     except AttributeError:
@@ -528,6 +529,7 @@ def load_model_folder(folder: PathLike, weights: PathLike | None = None) -> Mode
         raise CheckpointError(f"{folder}: incomplete model folder, missing {', '.join(missing)} "
                               f"(a run folder holds {', '.join(MODEL_FOLDER_FILES)})")
     config = BertConfig.from_json_file(folder / CONFIG_FILE)
+    modeling.check_adapter_registered(config, folder / CONFIG_FILE)
     tasks = read_tasks_file(folder / TASKS_FILE)
     try:
         model = BertForMultiTask(config.replace(num_tasks=len(tasks)), [task["num_labels"] for task in tasks])
@@ -802,15 +804,9 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return kept
 
 
-def _renumber_task(key: str, new_index: int | str) -> str:
-    match = modeling.TASK_INDEX_PATTERN.search(key)
-    start, end = match.span(1)
-    return f"{key[:start]}{new_index}{key[end:]}"
-
-
 def task_state_dict(model: BertForMultiTask, task_id: int) -> dict[str, torch.Tensor]:
     """The task's own parameters (adapters, LHUC, modules on top, head) under task index 0."""
-    return {_renumber_task(key, 0): tensor.detach().contiguous().clone()
+    return {modeling.key_for_task(key, 0): tensor.detach().contiguous().clone()
             for key, tensor in unique_state_dict(model).items()
             if modeling.task_of_key(key) == task_id}
 
@@ -873,6 +869,7 @@ def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[Pat
         if "config" not in metadata or "task" not in metadata:
             raise CheckpointError(f"{path}: not a task adapter checkpoint (no task metadata)")
         configs.append(BertConfig.from_dict(json.loads(metadata["config"])).replace(num_tasks=1))
+        modeling.check_adapter_registered(configs[-1], path)
     for config, (_, path) in zip(configs[1:], adapters[1:]):
         if config != configs[0]:
             raise CheckpointError(f"{path}: built for a different architecture than {adapters[0][1]}")
@@ -887,7 +884,7 @@ def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[Pat
 
 def _load_task_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], task_id: int, path) -> None:
     """Load one task's adapter file (keys under task index 0) into task ``task_id``."""
-    expected = {_renumber_task(key, 0): value for key, value in unique_state_dict(model).items()
+    expected = {modeling.key_for_task(key, 0): value for key, value in unique_state_dict(model).items()
                 if modeling.task_of_key(key) == task_id}
     check_state_dict(tensors, expected, path)
-    model.load_state_dict({_renumber_task(key, task_id): tensor for key, tensor in tensors.items()}, strict=False)
+    model.load_state_dict({modeling.key_for_task(key, task_id): tensor for key, tensor in tensors.items()}, strict=False)

@@ -58,6 +58,14 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> None:
                         help=f"show tracebacks instead of one-line errors (or set {DEBUG_ENVIRONMENT_VARIABLE}=1)")
 
 
+def add_adapter_module_flag(parser) -> None:
+    """--adapter_module FILE: an adapter defined in the user's own Python file
+    (loaded with modeling.load_adapter_module before any model is built)."""
+    parser.add_argument("--adapter_module", metavar="FILE",
+                        help="a Python file that registers an adapter (modeling.register_adapter(name, cls)), "
+                             "which a config selects with \"adapter\": name")
+
+
 def debug_requested(flag: bool = False) -> bool:
     """``--debug``, or BERT_PALS_DEBUG set to anything but empty, 0, false, no or off."""
     value = os.environ.get(DEBUG_ENVIRONMENT_VARIABLE, "").strip().lower()

@@ -45,8 +45,9 @@ import torch
 
 import checkpointing
 import cli
+from configuration import ARCHITECTURE_FLAGS
 from errors import ConversionError
-from modeling import ARCHITECTURE_FLAGS, BertConfig, BertModel
+from modeling import BertConfig, BertModel
 
 logger = logging.getLogger("convert_tf_checkpoint_to_pytorch")
 

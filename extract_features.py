@@ -45,7 +45,14 @@ import tokenization
 from checkpointing import atomic_text_output, load_pretrained_weights, read_state_dict
 from errors import CheckpointError, ConfigError, DataError, UsageError
 from glue import InputExample, InputFeatures, example_to_features, iter_text_lines, split_text_pair
-from modeling import BertConfig, BertModel, task_of_key
+from modeling import (
+    BERT_SUBMODULES,
+    BertConfig,
+    BertModel,
+    check_adapter_registered,
+    load_adapter_module,
+    task_of_key,
+)
 
 logger = logging.getLogger("extract_features")
 
@@ -198,7 +205,8 @@ def load_model(config: BertConfig, checkpoint: str, task_id: int | None) -> tupl
         raise CheckpointError(f"{checkpoint}: has no weights for {len(report.kept_init)} task-specific "
                               f"tensors of this config (e.g. '{report.kept_init[0]}'); use the "
                               f"checkpoint trained with this config, or a config without adapters")
-    unused_adapters = [k for k in report.ignored if "aug" in k or "mult" in k]
+    # Task-specific tensors of the encoder (not the heads, which BertModel never has).
+    unused_adapters = [k for k in report.ignored if k.startswith(BERT_SUBMODULES) and task_of_key(k) is not None]
     if unused_adapters:
         logger.warning("the checkpoint has %d adapter tensors the config does not use (e.g. '%s'): "
                        "features come from the shared BERT only", len(unused_adapters), unused_adapters[0])
@@ -410,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="examples per forward pass")
     parser.add_argument("--task_id", type=int, default=None,
                         help="task whose adapters to use, for a multi-task checkpoint with adapters")
+    cli.add_adapter_module_flag(parser)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
     parser.add_argument("--local_rank", type=int, default=-1,
@@ -466,7 +475,10 @@ def check_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.adapter_module:
+        load_adapter_module(args.adapter_module)
     config = BertConfig.from_json_file(args.bert_config_file)
+    check_adapter_registered(config, args.bert_config_file)
     args.layers, args.max_seq_length = resolve_defaults(args, config)
     check_arguments(args, config.max_position_embeddings)
     layer_indexes = parse_layers(args.layers, config.num_hidden_layers)

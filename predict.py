@@ -36,6 +36,7 @@ from collections.abc import Sequence
 import checkpointing
 import cli
 import inference
+import modeling
 from errors import DataError, UsageError
 from inference import Predictor
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(with --init_checkpoint and --vocab_file)")
     model.add_argument("--init_checkpoint", help="with --adapter_checkpoints: the shared BERT")
     model.add_argument("--vocab_file", help="with --adapter_checkpoints: the WordPiece vocabulary")
+    cli.add_adapter_module_flag(model)
     data = parser.add_argument_group("input and output")
     data.add_argument("--input_file", required=True,
                       help="UTF-8, one example per line ('A ||| B' or 'A<TAB>B' for a pair), or JSON lines")
@@ -77,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
+    if args.adapter_module:
+        modeling.load_adapter_module(args.adapter_module)
     options = dict(max_seq_length=args.max_seq_length, batch_size=args.batch_size, bf16=args.bf16,
                    device="cpu" if args.no_cuda else None, do_lower_case=args.do_lower_case)
     if args.adapter_checkpoints:

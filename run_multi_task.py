@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma list of task adapter files (a run's adapters/<task>.safetensors) to rebuild "
                             "the model from, with --init_checkpoint giving the shared BERT (that run's "
                             "best_model.pth)")
+    cli.add_adapter_module_flag(added)
     added.add_argument("--keep_epoch_checkpoints", action="store_true",
                        help="also keep checkpoints/epoch_<n>.pt after every epoch (large)")
     added.add_argument("--keep_last_checkpoint", action="store_true",
@@ -171,7 +172,8 @@ NOT_SAVED = ("output_dir", "resume", "overwrite_output_dir", "debug", "local_ran
 MAY_CHANGE_ON_RESUME = ("no_cuda", "save_checkpoints_steps", "keep_epoch_checkpoints", "keep_last_checkpoint",
                         "no_plot", "no_save_adapters", "do_eval", "do_predict", "predict_checkpoint",
                         "eval_batch_size", "skip_nonfinite_loss", "logging_steps", "logging_dir")
-PATH_FLAGS = ("data_dir", "bert_config_file", "vocab_file", "init_checkpoint", "predict_checkpoint", "logging_dir")
+PATH_FLAGS = ("data_dir", "bert_config_file", "vocab_file", "init_checkpoint", "predict_checkpoint", "logging_dir",
+              "adapter_module")
 
 
 def _absolute(dest: str, value):
@@ -342,6 +344,7 @@ def clear_previous_outputs(args: argparse.Namespace, output_dir: Path) -> list[s
 
 def load_config(args: argparse.Namespace, num_tasks: int) -> BertConfig:
     config = BertConfig.from_json_file(args.bert_config_file)
+    modeling.check_adapter_registered(config, args.bert_config_file)
     changes = {"num_tasks": num_tasks}
     if args.h_aug != "n/a":
         changes["hidden_size_aug"] = args.h_aug
@@ -453,6 +456,8 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> int:
     check_required(args)
     arguments = saved_arguments(args)  # as given, before validation normalises any
     validate_args(args)
+    if args.adapter_module:  # before any model is built; --resume takes it from args.json
+        modeling.load_adapter_module(args.adapter_module)
     ctx = training.setup_distributed(args.local_rank, args.no_cuda)
     lock = None
     if ctx.is_main:

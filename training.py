@@ -40,7 +40,15 @@ import glue
 import reports
 from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
 from kernels import Kernels
-from modeling import BertConfig, BertForMultiTask, is_task_specific, standard_layer_norm_init
+from modeling import (
+    BertConfig,
+    BertForMultiTask,
+    BERTLayerNorm,
+    BERTPals,
+    is_task_specific,
+    standard_layer_norm_init,
+    task_of_key,
+)
 from optimization import BERTAdam
 
 logger = logging.getLogger("run_multi_task")
@@ -48,8 +56,6 @@ logger = logging.getLogger("run_multi_task")
 ORIGINAL_STEPS_PER_TASK = 300  # optimizer steps per epoch per task in the original
 ORIGINAL_EVAL_BATCH_SIZE = 8
 SPLIT_OPTIMIZER_LR = 3e-4  # the original's hard-coded LR for PAL attention under --optim
-NO_DECAY_MARKERS = ("bias", "gamma", "beta")
-FREEZE_KEEP_MARKERS = ("aug", "classifier", "mult", "gamma", "beta")
 
 # Settings a resumed run must share with the checkpoint, or it would silently end
 # somewhere an uninterrupted run would not (flag name for the message -> attribute).
@@ -338,38 +344,59 @@ def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: 
 
 
 def freeze_shared_bert(model: BertForMultiTask) -> int:
-    """The original's --freeze: train only adapters, LayerNorms and heads. Returns the count frozen."""
+    """The original's --freeze: train only the task-specific parts (modeling.TASK_LISTS:
+    adapters, LHUC, modules on top; the heads are outside ``bert``) and the LayerNorms.
+    Returns the count frozen."""
+    layer_norms = layer_norm_parameters(model.bert)
     frozen = 0
     for name, param in model.bert.named_parameters():
-        if not any(marker in name for marker in FREEZE_KEEP_MARKERS):
+        if task_of_key(name) is None and name not in layer_norms:
             param.requires_grad = False
             frozen += param.numel()
     return frozen
 
 
-def _decay_groups(named_params, lr: float | None = None):
-    """Weight decay 0.01 except for biases and LayerNorm parameters (the original's
-    groups); ``lr`` overrides the optimizer's learning rate for these parameters."""
+def layer_norm_parameters(model: nn.Module) -> set[str]:
+    """The names of the LayerNorms' gains and shifts (BERT's ``gamma``/``beta``, or an
+    adapter's own ``nn.LayerNorm``)."""
+    return {f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules()
+            if isinstance(module, (BERTLayerNorm, nn.LayerNorm))
+            for name, _ in module.named_parameters(recurse=False)}
+
+
+def no_decay_parameters(model: nn.Module) -> set[str]:
+    """The parameters without weight decay, as in the original: biases and LayerNorms."""
+    biases = {name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    return biases | layer_norm_parameters(model)
+
+
+def pal_attention_parameters(model: nn.Module) -> set[str]:
+    """The names of the PALs' attention parameters (``--optim`` trains them apart)."""
+    return {f"{module_name}.attn.{name}" for module_name, module in model.named_modules()
+            if isinstance(module, BERTPals) for name, _ in module.attn.named_parameters()}
+
+
+def _decay_groups(named_params, no_decay: set[str], lr: float | None = None):
+    """Weight decay 0.01 except for ``no_decay`` (the original's groups); ``lr``
+    overrides the optimizer's learning rate for these parameters."""
     named_params = list(named_params)
     override = {} if lr is None else {"lr": lr}
-    groups = [
-        {"params": [p for n, p in named_params if not any(m in n for m in NO_DECAY_MARKERS)],
-         "weight_decay_rate": 0.01, **override},
-        {"params": [p for n, p in named_params if any(m in n for m in NO_DECAY_MARKERS)],
-         "weight_decay_rate": 0.0, **override},
+    return [
+        {"params": [p for n, p in named_params if n not in no_decay], "weight_decay_rate": 0.01, **override},
+        {"params": [p for n, p in named_params if n in no_decay], "weight_decay_rate": 0.0, **override},
     ]
-    return groups
 
 
-def _learning_rate_groups(named_params, learning_rate: float, task_learning_rate: float | None):
+def _learning_rate_groups(named_params, no_decay: set[str], task_learning_rate: float | None):
     """The decay groups, with the task-specific parameters (adapters and heads, which
     start from random values) at ``task_learning_rate`` when it is given."""
     named_params = list(named_params)
     if task_learning_rate is None:
-        return _decay_groups(named_params)
+        return _decay_groups(named_params, no_decay)
     shared = [(n, p) for n, p in named_params if not is_task_specific(n)]
     own = [(n, p) for n, p in named_params if is_task_specific(n)]
-    return _decay_groups(shared) + _decay_groups(own, lr=task_learning_rate)
+    return _decay_groups(shared, no_decay) + _decay_groups(own, no_decay, lr=task_learning_rate)
 
 
 def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_total: int,
@@ -386,17 +413,18 @@ def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_to
     rate of the task-specific parameters (the rest keep ``learning_rate``).
     """
     named = list(model.named_parameters())
+    no_decay = no_decay_parameters(model)
     options = dict(warmup=warmup, t_total=t_total, zero_grad_updates=update_unsampled,
                    bias_correction=bias_correction)
     if not split_attention:
-        return [BERTAdam(_learning_rate_groups(named, learning_rate, task_learning_rate), lr=learning_rate,
-                         **options)]
-    attention = [(n, p) for n, p in named if "attn" in n]
-    rest = [(n, p) for n, p in named if "attn" not in n]
+        return [BERTAdam(_learning_rate_groups(named, no_decay, task_learning_rate), lr=learning_rate, **options)]
+    pal_attention = pal_attention_parameters(model)
+    attention = [(n, p) for n, p in named if n in pal_attention]
+    rest = [(n, p) for n, p in named if n not in pal_attention]
     if not attention:
         raise UsageError("--optim splits off the PAL attention parameters, but this config has none")
-    return [BERTAdam(_learning_rate_groups(rest, learning_rate, task_learning_rate), lr=learning_rate, **options),
-            BERTAdam(_decay_groups(attention), lr=SPLIT_OPTIMIZER_LR, **options)]
+    return [BERTAdam(_learning_rate_groups(rest, no_decay, task_learning_rate), lr=learning_rate, **options),
+            BERTAdam(_decay_groups(attention, no_decay), lr=SPLIT_OPTIMIZER_LR, **options)]
 
 
 def start_regression_heads(model: BertForMultiTask, tasks: Sequence[TaskData]) -> list[float]:

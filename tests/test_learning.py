@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -146,15 +147,10 @@ def test_a_short_pals_run_learns(pals_run, glue_dir):
 
 ARCHITECTURE_TASKS = ["sst", "mnli"]
 STEPS, STOP_AT = 30, 15
-ARCHITECTURE_CONFIGS = ["minilm_bert_config.json", "minilm_pals_config.json", "minilm_low_rank_config.json",
-                        "minilm_houlsby_config.json", "minilm_houlsby_plus_pals_config.json",
-                        "minilm_top_attn_config.json", "minilm_top_bert_layer_config.json",
-                        "minilm_lhuc_config.json"]
+# Every MiniLM-size config file in configs/ (a new one is trained here without being listed).
+ARCHITECTURE_CONFIGS = sorted(path.name for path in (Path(__file__).resolve().parent.parent / "configs")
+                              .glob("minilm_*.json"))
 FALL = 0.95  # the training loss after 30 steps is below this fraction of its start (0.54-0.79 seen)
-
-
-def test_every_minilm_config_is_covered(repo_root):
-    assert sorted(p.name for p in (repo_root / "configs").glob("minilm_*.json")) == sorted(ARCHITECTURE_CONFIGS)
 
 
 @pytest.mark.slow
