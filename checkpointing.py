@@ -5,11 +5,15 @@ checkpoints, per-task adapter checkpoints, and one strict state-dict check.
 Every file is written to a temporary name in the same folder (``.<name>.<random>.tmp``),
 flushed to disk and then renamed, so a crash never leaves a half-written file under
 the real name. A process killed outright (SIGKILL, power loss) can leave its temporary
-file behind; ``remove_partial_files`` clears those when the next run starts. Nothing
+file behind; ``remove_partial_files`` clears those when the next run starts. A write
+that fails (a full disk, a file-size limit, an I/O error, whatever raised it) becomes
+one ``WriteError`` naming the file, why, and what is intact; files written as a set
+(``atomic_group``) replace the previous set only once every one is complete. Nothing
 is ever unpickled with code execution: torch files are read with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -20,6 +24,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +34,7 @@ import torch
 from torch import nn
 
 import modeling
-from errors import CheckpointError, UsageError
+from errors import CheckpointError, UsageError, WriteError
 from modeling import BertConfig, BertForMultiTask
 
 logger = logging.getLogger(__name__)
@@ -55,28 +60,242 @@ SHARED_BERT_FILE = "shared_bert.safetensors"  # written by earlier versions; bes
 
 TEMPORARY_SUFFIX = ".tmp"
 
+# The temporaries of the ``atomic_group`` being written (None outside a group).
+_group_pending: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("atomic_group", default=None)
+
 
 @contextmanager
-def atomic_path(path: PathLike):
+def atomic_path(path: PathLike, expected_bytes: int | None = None):
     """Yield a temporary path beside ``path``; on success flush it to disk and rename it
     onto ``path``. On any exception (or a signal turned into one) the temporary file is
-    removed and ``path`` keeps its previous content."""
+    removed and ``path`` keeps its previous content.
+
+    A failure to write becomes a ``WriteError`` naming ``path``, why it failed and that
+    the previous file is unchanged; ``expected_bytes`` (the file's likely size) lets it
+    say how much space a full disk lacks. Other exceptions (a bug, bad input) pass
+    unchanged. Inside ``atomic_group`` the rename waits for the rest of the group."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.close(handle)
+    group = _group_pending.get()
     try:
-        yield Path(temporary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    except OSError as err:  # no temporary file yet: any error here is one of writing
+        raise WriteError(path, _reason(err.errno or 0, err, path, None, expected_bytes), _left_behind(path),
+                         err.errno) from err
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
         # mkstemp creates 0600, and some writers (safetensors) create the file anew: give
         # the finished file the permissions a plain open() would, 0666 less the umask.
         os.chmod(temporary, 0o666 & ~current_umask())
         _fsync_file(temporary)  # the data is on disk before the name points at it
+        if group is not None:
+            group.append((temporary, path))  # renamed when the whole group is written
+            return
         os.replace(temporary, path)
         _fsync_directory(path.parent)  # ... and the rename itself survives a power loss
-    except BaseException:
+    except BaseException as err:
+        # Why it failed is read before the temporary goes (its size, the space it holds).
+        earlier = sum(_file_size(done) for done, _ in group or ())
+        failure = write_failure(err, path, temporary, expected_bytes, earlier)
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if failure is None:
+            raise
+        raise WriteError(path, failure[1], _left_behind(path), failure[0]) from err
+
+
+@contextmanager
+def atomic_group():
+    """Files written with ``atomic_path`` inside the block (the adapter files, the best
+    model's files) replace their real names only at the end of the block, once every
+    one of them is complete: a write that fails part-way leaves the whole previous set,
+    never a mix of new and old files that looks complete. A group inside a group joins
+    the outer one. Also usable as a decorator (``@atomic_group()``).
+
+    The renames at the end are not one atomic step: a SIGKILL between two of them
+    leaves some files new and some old (a window of microseconds, not of a write)."""
+    if _group_pending.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _group_pending.set(pending)
+    try:
+        yield
+    except BaseException as err:
+        for temporary, _ in pending:
+            if temporary.exists():
+                temporary.unlink()
+        if isinstance(err, WriteError) and pending:
+            err.intact = (f"{err.intact}, and no file of the set written with it was replaced "
+                          f"({', '.join(path.name for _, path in pending)} keep their previous content)")
         raise
+    finally:
+        _group_pending.reset(token)
+    for index, (temporary, path) in enumerate(pending):
+        try:
+            os.replace(temporary, path)
+        except OSError as err:
+            for rest, _ in pending[index:]:
+                if rest.exists():
+                    rest.unlink()
+            replaced = ", ".join(p.name for _, p in pending[:index]) or "none"
+            raise WriteError(path, _reason(err.errno or 0, err, path, None, None),
+                             f"files of its set already replaced: {replaced}; the others keep their "
+                             f"previous content", err.errno) from err
+    for folder in dict.fromkeys(path.parent for _, path in pending):
+        _fsync_directory(folder)
+
+
+# Why a write failed, by errno, in the words of the one-line error.
+WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error (a failing disk or a lost network mount)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+NEARLY_FULL_BYTES = 1 << 20  # a writer that fails without saying why, with less free: the disk is full
+
+
+def write_failure(err: BaseException, path: PathLike, temporary: PathLike,
+                  expected_bytes: int | None = None, earlier_bytes: int = 0) -> tuple[int, str] | None:
+    """Why writing ``path`` (through ``temporary``) failed: (errno, a few words; errno 0
+    when unknown), or None when ``err`` is no failure to write (a bug, bad input, a
+    signal: it keeps its own type).
+
+    Failures to write are an OSError about the file (or without a file name, with an
+    errno of ``WRITE_FAILURES``), torch's error from its zip writer (``RuntimeError:
+    [enforce fail at inline_container.cc] ... unexpected pos``) and safetensors' I/O
+    error. torch keeps the OSError it hit in its error's context; when a writer says
+    nothing of the cause, a file at the process's size limit means EFBIG and a nearly
+    full disk ENOSPC. ``earlier_bytes``: other files of the same group, which need
+    space too."""
+    path, temporary = Path(path), Path(temporary)
+    code = _failure_errno(err, {os.fspath(path), os.fspath(temporary), os.fspath(path.parent)})
+    if code is None:
+        return None
+    if code == 0:
+        code = _guess_errno(temporary)
+    return code, _reason(code, err, path, temporary, expected_bytes, earlier_bytes)
+
+
+def _failure_errno(err: BaseException, own_names: set[str]) -> int | None:
+    """The errno of a failure to write (0: a writer failed without saying why), or None."""
+    if isinstance(err, OSError):
+        names = {os.fsdecode(name) for name in (err.filename, err.filename2) if name is not None}
+        if names & own_names or (not names and err.errno in WRITE_FAILURES):
+            return err.errno or 0
+        return None  # another file (an input being read) or not an error of writing
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:
+        found = re.search(r"os error (\d+)", text)
+        return int(found.group(1)) if found else 0
+    if isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        context = err.__cause__ or err.__context__
+        return (context.errno or 0) if isinstance(context, OSError) else 0
+    return None
+
+
+def _guess_errno(temporary: Path) -> int:
+    limit = file_size_limit()
+    if limit is not None and _file_size(temporary) >= limit:
+        return errno.EFBIG
+    try:
+        if shutil.disk_usage(temporary.parent).free < NEARLY_FULL_BYTES:
+            return errno.ENOSPC
+    except OSError:
+        pass
+    return 0
+
+
+def _reason(code: int, err: BaseException, path: Path, temporary: Path | None,
+            expected_bytes: int | None, earlier_bytes: int = 0) -> str:
+    written = _file_size(temporary) if temporary is not None else 0
+    needed = expected_bytes + earlier_bytes if expected_bytes is not None else None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason = WRITE_FAILURES[code]
+        reason += f", about {format_bytes(needed)} needed" if needed else f" after {format_bytes(written)} were written"
+        if code == errno.ENOSPC:
+            try:  # free once the temporary file is removed
+                reason += f" ({format_bytes(shutil.disk_usage(path.parent).free + written)} free)"
+            except OSError:
+                pass
+        return reason
+    if code == errno.EFBIG:
+        limit = file_size_limit()
+        if limit is None:
+            return "file too large for the file system" + (f" (about {format_bytes(needed)})" if needed else "")
+        return (f"file too large: this process may write files of at most {format_bytes(limit)} (ulimit -f)"
+                + (f", and this one needs about {format_bytes(expected_bytes)}" if expected_bytes else ""))
+    if code in WRITE_FAILURES:
+        return WRITE_FAILURES[code]
+    if code:
+        return os.strerror(code).lower()
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"the writer failed ({type(err).__name__}: {first})"
+
+
+def _left_behind(path: Path) -> str:
+    """What a failed write of ``path`` leaves (the temporary file is gone by now)."""
+    if path.exists():
+        return f"the previous {path.name} is unchanged"
+    return f"no partial {path.name} was left behind"
+
+
+def file_size_limit() -> int | None:
+    """The process's largest file in bytes (``ulimit -f``, RLIMIT_FSIZE), or None."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _file_size(path: PathLike | None) -> int:
+    try:
+        return os.path.getsize(path) if path is not None else 0
+    except OSError:
+        return 0
+
+
+def format_bytes(count: int) -> str:
+    """1.5 KB, 92 MB, 3.2 GB (powers of 1000, as df -H and file managers show them)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{count} bytes"
+
+
+TENSOR_RECORD_BYTES = 350  # torch.save's zip entry and pickled reference per tensor (measured: about 335)
+
+
+def serialized_size(obj: Any) -> int:
+    """About how many bytes torch.save (or safetensors) writes for ``obj``: its distinct
+    tensor storages, plus a little per tensor for the file's records."""
+    storages: dict[tuple[int, str], int] = {}
+    tensors = 0
+
+    def visit(value: Any) -> None:
+        nonlocal tensors
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[storage.data_ptr() or id(value), str(value.device)] = storage.nbytes()
+            tensors += 1
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(obj)
+    return sum(storages.values()) + TENSOR_RECORD_BYTES * tensors
 
 
 def _fsync_file(path: PathLike) -> None:
@@ -140,17 +359,31 @@ def current_umask() -> int:
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8", newline="")  # no newline translation
+    data = text.encode("utf-8")  # no newline translation
+    with atomic_path(path, expected_bytes=len(data)) as temporary:
+        temporary.write_bytes(data)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    with atomic_path(path, expected_bytes=serialized_size(obj)) as temporary:
+        # Through a Python file: when the OS refuses a write (ENOSPC), torch raises its own
+        # RuntimeError but keeps the OSError, errno and all, as that error's context.
+        with open(temporary, "wb") as stream:
+            torch.save(obj, stream)
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike,
+                            metadata: Mapping[str, str] | None = None) -> None:
+    """A safetensors file, serialised in memory and written as a Python file (so a
+    failing write keeps its errno): for files the size of a task's modules."""
+    from safetensors.torch import save
+    data = save(dict(tensors), metadata=dict(metadata) if metadata is not None else None)
+    with atomic_path(path, expected_bytes=len(data)) as temporary:
+        temporary.write_bytes(data)
 
 
 def atomic_copy(source: PathLike, path: PathLike) -> None:
-    with atomic_path(path) as temporary:
+    with atomic_path(path, expected_bytes=_file_size(source)) as temporary:
         shutil.copyfile(source, temporary)
 
 
@@ -649,6 +882,68 @@ def folder_size(folder: PathLike) -> int:
     return sum(path.lstat().st_size for path in Path(folder).rglob("*") if path.is_file() and not path.is_symlink())
 
 
+@dataclass
+class SpaceEstimate:
+    """The files of a training run and about how many bytes each takes (from the
+    model's parameters: float tensors as they are, two Adam moments per trainable one)."""
+
+    checkpoint: int  # checkpoints/last.pt: the model, the optimizer moments, a little state
+    best_model: int  # best_model.pth: the model
+    adapters: int  # adapters/*.safetensors: every task's own modules
+    epoch_copies: int  # checkpoints/epoch_<n>.pt still to come (--keep_epoch_checkpoints)
+
+    @property
+    def peak(self) -> int:
+        """The most a run holds at once: every file, and a second last.pt while a new
+        one is written beside it (the largest temporary; the best model's set is smaller)."""
+        return 2 * self.checkpoint + self.best_model + self.adapters + self.epoch_copies * self.checkpoint
+
+
+CHECKPOINT_STATE_BYTES = 32_000  # last.pt beyond the tensors: random generator states, history
+SAFETENSORS_ENTRY_BYTES = 110  # a tensor's entry in a safetensors header (name, dtype, shape, offsets)
+
+
+def estimate_run_space(model: nn.Module, save_adapters: bool = True, epoch_copies: int = 0) -> SpaceEstimate:
+    model_bytes = serialized_size(model.state_dict())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    moments = 2 * sum(p.numel() * p.element_size() + TENSOR_RECORD_BYTES for p in trainable)  # Adam's m and v
+    adapters = 0
+    if save_adapters:
+        task_tensors = [t for key, t in unique_state_dict(model).items() if modeling.task_of_key(key) is not None]
+        metadata = len(model.config.to_json_string()) + 100  # each file's config, task name and labels
+        adapters = (sum(t.numel() * t.element_size() + SAFETENSORS_ENTRY_BYTES for t in task_tensors)
+                    + metadata * len(getattr(model, "num_labels", ())))
+    return SpaceEstimate(checkpoint=model_bytes + moments + CHECKPOINT_STATE_BYTES, best_model=model_bytes,
+                         adapters=adapters, epoch_copies=epoch_copies)
+
+
+def free_space_warning(output_dir: PathLike, model: nn.Module, save_adapters: bool = True,
+                       epoch_copies: int = 0) -> str | None:
+    """One line when ``output_dir`` has less free space than the run's checkpoints and
+    best model need at their largest (the files already there that the run replaces
+    count as free), else None."""
+    output_dir = Path(output_dir)
+    estimate = estimate_run_space(model, save_adapters, epoch_copies)
+    replaced = [training_checkpoint_path(output_dir), output_dir / BEST_MODEL_FILE]
+    replaced += list((output_dir / ADAPTER_DIR).glob("*.safetensors")) if save_adapters else []
+    present = sum(_file_size(path) for path in replaced)
+    try:
+        free = shutil.disk_usage(output_dir).free
+    except OSError:
+        return None
+    if free + present >= estimate.peak:
+        return None
+    parts = [f"{TRAINING_CHECKPOINT_DIR}/{LAST_CHECKPOINT_FILE} {format_bytes(estimate.checkpoint)}, twice while "
+             f"a new one is written", f"{BEST_MODEL_FILE} {format_bytes(estimate.best_model)}"]
+    if estimate.adapters:
+        parts.append(f"{ADAPTER_DIR}/ {format_bytes(estimate.adapters)}")
+    if epoch_copies:
+        parts.append(f"{epoch_copies} epoch checkpoint(s) {format_bytes(epoch_copies * estimate.checkpoint)}")
+    return (f"{output_dir}: {format_bytes(free)} free, but this run's checkpoints and best model need about "
+            f"{format_bytes(estimate.peak - present)} more ({'; '.join(parts)}): free space or choose another "
+            f"--output_dir, or the run stops at the first save that does not fit (its last checkpoint stays intact)")
+
+
 def save_run_arguments(output_dir: PathLike, arguments: Mapping[str, Any]) -> Path:
     path = Path(output_dir) / ARGS_FILE
     atomic_write_text(path, json.dumps(dict(arguments), indent=2, sort_keys=True) + "\n")
@@ -817,6 +1112,7 @@ def shared_state_dict(model: BertForMultiTask) -> dict[str, torch.Tensor]:
             if modeling.task_of_key(key) is None}
 
 
+@atomic_group()  # all task files or none: never a half-written set that looks complete
 def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike) -> list[Path]:
     """``adapters/<task>.safetensors`` per task.
 
@@ -826,15 +1122,13 @@ def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str],
     ``best_model.pth`` holds it (earlier versions wrote ``adapters/shared_bert.safetensors``,
     which still loads; ``shared_state_dict`` gives that part for anyone who wants it alone).
     """
-    from safetensors.torch import save_file
     folder = Path(folder)
     written = []
     config_json = model.config.to_json_string()
     for task_id, name in enumerate(task_names):
         metadata = {"task": name, "num_labels": str(model.num_labels[task_id]), "config": config_json}
         path = folder / f"{name}.safetensors"
-        with atomic_path(path) as temporary:
-            save_file(task_state_dict(model, task_id), str(temporary), metadata=metadata)
+        atomic_save_safetensors(task_state_dict(model, task_id), path, metadata)
         written.append(path)
     return written
 

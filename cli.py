@@ -3,12 +3,16 @@ signals, logging, progress reports, --help's layout and the output-folder lock.
 
 A script's ``main`` is ``cli.run_main(run, args)``: it turns SIGINT/SIGTERM into
 ``StopRequested`` (so every atomic write removes its temporary file on the way out),
-prints an expected error (``errors.Error`` or an OSError such as a full disk) as one
-``error:`` line and exits 2, and leaves anything else (a bug) with its traceback.
+prints an expected error (``errors.Error`` or an OSError) as one ``error:`` line and
+exits 2, and leaves anything else (a bug) with its traceback. A file that could not be
+written (a full disk, a file-size limit, an I/O error) is an ``errors.WriteError``
+from checkpointing's atomic writer, whatever library raised it: the line names the
+file, why, and what is intact. A log file that can no longer be written costs one
+``warning:`` line, not a traceback per record.
 
     exit 0            done
-    exit 2            bad input: one line on stderr (--debug or BERT_PALS_DEBUG=1 for
-                      the traceback)
+    exit 2            bad input, or a file that could not be written: one line on
+                      stderr (--debug or BERT_PALS_DEBUG=1 for the traceback)
     exit 128 + N      stopped by signal N (during training after a resumable checkpoint)
 
 The ``error:`` and ``stopped:`` lines also go to the log file if one is set up
@@ -167,6 +171,30 @@ class TerminalSafeHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class LogFileHandler(logging.FileHandler):
+    """The log file (train.log). When a record cannot be written (the disk is full),
+    logging would print a traceback for it and for every later record; this prints
+    one ``warning:`` line on stderr instead and writes no further records to the file
+    (stderr still gets them)."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)  # a bad record (a format error): logging's own report
+            return
+        if not self.failed:
+            self.failed = True
+            reason = (err.strerror or str(err) or type(err).__name__).lower()
+            print(f"warning: {self.baseFilename}: log lines cannot be written ({reason}); from now on they go "
+                  f"to stderr only", file=sys.stderr)
+
+
 class _NotProgress(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name != PROGRESS_LOGGER
@@ -185,7 +213,7 @@ def setup_logging(log_file: Path | None = None, is_main: bool = True) -> None:
         return
     handlers: list[logging.Handler] = [stderr]
     if is_main:
-        log = logging.FileHandler(log_file, encoding="utf-8")
+        log = LogFileHandler(log_file, encoding="utf-8")
         log.addFilter(_NotProgress())
         handlers.append(log)
     logging.basicConfig(level=level, handlers=handlers, force=True, format=LOG_FORMAT, datefmt="%H:%M:%S")

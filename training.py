@@ -38,7 +38,7 @@ import checkpointing
 import cli
 import glue
 import reports
-from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
+from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError, WriteError
 from kernels import Kernels
 from modeling import (
     BertConfig,
@@ -678,7 +678,9 @@ class Trainer:
         """Run (or continue) training; returns the best evaluation."""
         settings, ctx = self.settings, self.ctx
         self.log.start(self.global_step)
-        with self._signals_request_a_checkpoint(), self.log:
+        if ctx.is_main:
+            self.warn_if_short_of_space()
+        with self._on_a_failed_write(), self._signals_request_a_checkpoint(), self.log:
             self.wrapped.train(not self.dropout_disabled)
             while self.epoch < settings.num_train_epochs:
                 if self.step_in_epoch == 0:  # a new epoch (not one resumed halfway)
@@ -864,10 +866,12 @@ class Trainer:
         self._refuse_non_finite_parameters("saving the best model")
         self.best_score = score
         output_dir = self.settings.output_dir
-        checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file, output_dir)
-        if self.settings.save_adapters:
-            checkpointing.save_adapter_checkpoints(self.model, self.task_names, output_dir / checkpointing.ADAPTER_DIR)
-        reports.write_eval_results(output_dir, result)
+        with checkpointing.atomic_group():  # the previous best model's files stay until all new ones are written
+            checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file, output_dir)
+            if self.settings.save_adapters:
+                checkpointing.save_adapter_checkpoints(self.model, self.task_names,
+                                                       output_dir / checkpointing.ADAPTER_DIR)
+            reports.write_eval_results(output_dir, result)
         logger.info("new best model (score %.4f) saved to %s", score, output_dir)
 
     def _refuse_non_finite_parameters(self, about_to: str) -> None:
@@ -919,8 +923,13 @@ class Trainer:
         if self.ctx.is_main:
             state = self.state_dict()
             state["rng"] = rng_states
-            checkpointing.save_training_checkpoint(state, self.settings.output_dir,
-                                                   keep_epoch_copy=self.epoch if keep_epoch_copy else None)
+            try:
+                checkpointing.save_training_checkpoint(state, self.settings.output_dir,
+                                                       keep_epoch_copy=self.epoch if keep_epoch_copy else None)
+            except WriteError as err:
+                if err.path != path:  # last.pt was written, its epoch copy was not
+                    self.last_checkpoint_step = self.global_step
+                raise
         self.ctx.barrier()
         self.last_checkpoint_step = self.global_step
         return path
@@ -987,6 +996,36 @@ class Trainer:
         self.last_checkpoint_step = self.global_step
         logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
                     self.step_in_epoch, self.settings.steps_per_epoch)
+
+    # ---- disk space -----------------------------------------------------------------
+
+    def warn_if_short_of_space(self) -> None:
+        """One warning line when the output folder lacks the space this run's
+        checkpoints and best model will take (estimated from the parameters)."""
+        epochs_left = self.settings.num_train_epochs - self.epoch
+        warning = checkpointing.free_space_warning(
+            self.settings.output_dir, self.model, self.settings.save_adapters,
+            epoch_copies=epochs_left if self.settings.keep_epoch_checkpoints else 0)
+        if warning:
+            logger.warning(warning)
+
+    @contextlib.contextmanager
+    def _on_a_failed_write(self):
+        """A file that cannot be written ends the run (one ``WriteError`` line): it says
+        which checkpoint is intact and how to go on."""
+        try:
+            yield
+        except WriteError as err:
+            checkpoint = checkpointing.training_checkpoint_path(self.settings.output_dir)
+            remedy = "free space" if err.out_of_space else "remove the cause"
+            if self.last_checkpoint_step is not None and checkpoint.is_file():
+                resume = (f"the checkpoint of step {self.last_checkpoint_step} in {checkpoint} is intact: "
+                          f"{remedy} and add --resume")
+            else:
+                resume = (f"no training checkpoint was written yet: {remedy} and run the same command again "
+                          f"with --overwrite_output_dir")
+            err.intact = resume if err.path == checkpoint else f"{err.intact}; {resume}"
+            raise
 
     # ---- signals --------------------------------------------------------------------
 
