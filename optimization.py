@@ -161,6 +161,13 @@ class BERTAdam(Optimizer):
         _validate_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, and a state written before ``bias_correction`` existed keeps the rule
+        it was written under: none."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.setdefault("bias_correction", False)
+
     @staticmethod
     def _scheduled_lr(group: dict[str, Any], step: int) -> float:
         """``lr * schedule(step / t_total, warmup)``, or ``lr`` when ``t_total`` is -1."""
