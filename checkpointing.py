@@ -14,6 +14,7 @@ is ever unpickled with code execution: torch files are read with ``weights_only=
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -462,13 +463,19 @@ class LoadReport:
     kept_init: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     kept_init_modules: dict[str, int] = field(default_factory=dict)
+    loaded_next_from: str | None = None  # where the task modules come from right after (resume, adapters)
 
     def summary(self) -> str:
         line = f"loaded {len(self.loaded)} tensors from {self.source}"
         if self.kept_init:
             kinds = self.kept_init_modules or {_group_names(self.kept_init): len(self.kept_init)}
-            line += (f"; {len(self.kept_init)} tensors of task modules the checkpoint lacks keep their "
-                     f"initialisation: " + ", ".join(f"{kind} ({count})" for kind, count in kinds.items()))
+            listed = ", ".join(f"{kind} ({count})" for kind, count in kinds.items())
+            if self.loaded_next_from:
+                line += f"; {len(self.kept_init)} tensors of task modules are loaded next from " \
+                        f"{self.loaded_next_from}: {listed}"
+            else:
+                line += (f"; {len(self.kept_init)} tensors of task modules the checkpoint lacks keep their "
+                         f"initialisation: " + listed)
         if self.ignored:
             line += f"; ignored {len(self.ignored)} checkpoint tensors ({_group_names(self.ignored)})"
         return line
@@ -590,7 +597,8 @@ def _align_bert_prefix(state_dict: dict[str, torch.Tensor], model_has_bert_prefi
 
 
 def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
-                            log: logging.Logger | None = None, *, shared_only: bool = False) -> LoadReport:
+                            log: logging.Logger | None = None, *, shared_only: bool = False,
+                            loaded_next_from: str | None = None) -> LoadReport:
     """Load a pretrained checkpoint into ``BertModel`` or any head model.
 
     Accepts the original converted format (``gamma``/``beta``), a Hugging Face folder
@@ -606,13 +614,17 @@ def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
     ``shared_only`` takes only the shared BERT from the checkpoint and ignores its
     task-specific tensors: a multi-task checkpoint (``best_model.pth``) serves as the
     shared BERT for adapters of any of its tasks, in any order.
+
+    ``loaded_next_from`` names where the caller loads the task modules from right
+    after (adapter files, a training checkpoint), so that the log line says so instead
+    of "keep their initialisation".
     """
     source = os.fspath(path)
     checkpoint = normalize_checkpoint_keys(read_state_dict(path))
     model_keys = model.state_dict()
     has_prefix = any(k.startswith("bert.") for k in model_keys)
     checkpoint = _align_bert_prefix(checkpoint, has_prefix)
-    report = LoadReport(source=source)
+    report = LoadReport(source=source, loaded_next_from=loaded_next_from)
     if shared_only:
         report.ignored = [key for key in checkpoint if modeling.is_task_specific(key)]
         checkpoint = {key: tensor for key, tensor in checkpoint.items() if not modeling.is_task_specific(key)}
@@ -758,6 +770,14 @@ def load_model_folder(folder: PathLike, weights: PathLike | None = None) -> Mode
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder (expected a run folder of run_multi_task.py)")
     missing = [name for name in MODEL_FOLDER_FILES if not (folder / name).is_file()]
+    started = (folder / ARGS_FILE).is_file() or training_checkpoint_path(folder).is_file()
+    if weights is None and BEST_MODEL_FILE in missing and started:
+        # A run writes args.json (and checkpoints/last.pt on a stop) before training, and
+        # its model only at the end of its first epoch, when it is first evaluated.
+        hint = (f"resume it with run_multi_task.py --output_dir {folder} --resume"
+                if training_checkpoint_path(folder).is_file() else "start it again")
+        raise CheckpointError(f"{folder}: the run was stopped before its first evaluation, so it has no model "
+                              f"yet ({BEST_MODEL_FILE} is written when an epoch ends); {hint}")
     if missing:
         raise CheckpointError(f"{folder}: incomplete model folder, missing {', '.join(missing)} "
                               f"(a run folder holds {', '.join(MODEL_FOLDER_FILES)})")
@@ -1112,8 +1132,26 @@ def shared_state_dict(model: BertForMultiTask) -> dict[str, torch.Tensor]:
             if modeling.task_of_key(key) is None}
 
 
+# What an adapter file records about the files it belongs with (safetensors metadata, all strings).
+SHARED_BERT_FINGERPRINT = "shared_bert_sha256"  # shared_bert_fingerprint() of the BERT trained beside it
+TRAINED_WITH_KEYS = ("vocab_sha256", "do_lower_case", "max_seq_length")  # given by the trainer
+
+
+def shared_bert_fingerprint(model: BertForMultiTask) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the shared BERT's tensors
+    (``shared_state_dict``): which shared BERT a task's adapters were trained beside.
+    About 0.2 s for MiniLM's 90 MB on one CPU core."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(shared_state_dict(model).items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
 @atomic_group()  # all task files or none: never a half-written set that looks complete
-def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike) -> list[Path]:
+def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike,
+                             trained_with: Mapping[str, Any] | None = None) -> list[Path]:
     """``adapters/<task>.safetensors`` per task.
 
     Each task file carries its metadata (task name, number of labels, the config), so
@@ -1121,12 +1159,21 @@ def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str],
     (``build_model_from_adapters``). The shared BERT is not written again: the run's
     ``best_model.pth`` holds it (earlier versions wrote ``adapters/shared_bert.safetensors``,
     which still loads; ``shared_state_dict`` gives that part for anyone who wants it alone).
+
+    What the adapters belong with is recorded too, so that files which do not belong
+    together are refused: the fingerprint of the shared BERT beside them
+    (``shared_bert_fingerprint``) and ``trained_with`` (``TRAINED_WITH_KEYS``: the
+    vocabulary's ``tokenization.vocab_fingerprint``, lower-casing, max_seq_length).
     """
     folder = Path(folder)
     written = []
     config_json = model.config.to_json_string()
+    provenance = {SHARED_BERT_FINGERPRINT: shared_bert_fingerprint(model)}
+    provenance.update({key: value if isinstance(value, str) else json.dumps(value)  # metadata holds strings
+                       for key, value in (trained_with or {}).items()})
     for task_id, name in enumerate(task_names):
-        metadata = {"task": name, "num_labels": str(model.num_labels[task_id]), "config": config_json}
+        metadata = {"task": name, "num_labels": str(model.num_labels[task_id]), "config": config_json,
+                    **provenance}
         path = folder / f"{name}.safetensors"
         atomic_save_safetensors(task_state_dict(model, task_id), path, metadata)
         written.append(path)
@@ -1170,10 +1217,55 @@ def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[Pat
     task_names = [metadata["task"] for (_, metadata), _ in adapters]
     labels = [int(metadata["num_labels"]) for (_, metadata), _ in adapters]
     model = BertForMultiTask(configs[0].replace(num_tasks=len(adapters)), labels)
-    load_pretrained_weights(model, shared_bert, shared_only=True)
+    files = ", ".join(os.path.basename(os.fspath(path)) for path in adapter_files)
+    load_pretrained_weights(model, shared_bert, shared_only=True, loaded_next_from=f"the adapter files ({files})")
+    _check_shared_bert(model, shared_bert, adapters)
     for task_id, ((tensors, _), path) in enumerate(adapters):
         _load_task_tensors(model, tensors, task_id, path)
     return model, task_names
+
+
+def _check_shared_bert(model: BertForMultiTask, shared_bert: PathLike, adapters) -> None:
+    """Adapters belong to the shared BERT they were trained beside: with another one
+    they give near-random predictions without a word, so that is refused. Files of
+    earlier versions (no fingerprint) are not checked."""
+    recorded = [(metadata[SHARED_BERT_FINGERPRINT], path) for (_, metadata), path in adapters
+                if SHARED_BERT_FINGERPRINT in metadata]
+    if not recorded:
+        return
+    actual = shared_bert_fingerprint(model)
+    for fingerprint, path in recorded:
+        if fingerprint != actual:
+            raise CheckpointError(f"{path}: trained beside another shared BERT (fingerprint {fingerprint[:12]}) "
+                                  f"than {shared_bert} ({actual[:12]}): use the best_model.pth of the run that "
+                                  f"wrote it, and adapter files of that one run")
+
+
+def adapter_trained_with(adapter_files: Sequence[PathLike]) -> dict[str, Any]:
+    """What the adapter files record of their training (``TRAINED_WITH_KEYS``: the
+    vocabulary's fingerprint, lower-casing, max_seq_length), read from their metadata
+    alone; {} for files of earlier versions. Files that disagree are refused."""
+    from safetensors import safe_open
+    found: dict[str, Any] = {}
+    first: dict[str, PathLike] = {}
+    for path in adapter_files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: adapter checkpoint not found") from None
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        for key in TRAINED_WITH_KEYS:
+            if key not in metadata:
+                continue
+            value = metadata[key] if key == "vocab_sha256" else json.loads(metadata[key])
+            if key in found and found[key] != value:
+                raise CheckpointError(f"{path}: trained with {key} {value}, but {first[key]} with "
+                                      f"{found[key]}: these adapter files do not come from one run")
+            found.setdefault(key, value)
+            first.setdefault(key, path)
+    return found
 
 
 def _load_task_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], task_id: int, path) -> None:

@@ -42,15 +42,17 @@ EXIT_BAD_INPUT = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROGRESS_LOGGER = "progress"  # plain progress lines: stderr only, never the log file
 PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal, one progress line this often
+ASSUMED_TERMINAL_WIDTH = 80  # a terminal stand-in without a file descriptor (tqdm's own default)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps the description's line breaks and shows every option's default
-    ("(default: 5e-05)"); defaults that say nothing (None, False) are left out."""
+    ("(default: 5e-05)"); defaults that say nothing (None, False) are left out, and so
+    is the value where the help text already says what the default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
             return text
         if not action.option_strings:
             return text
@@ -127,19 +129,20 @@ def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespa
             log_to_files(logging.ERROR, error_line(err))
             raise
         return _final_line(error_line(err), EXIT_BAD_INPUT)
-    except StopRequested as stop:
-        return _final_line(f"stopped: {stop}", 128 + int(stop.signal_number))
+    except StopRequested as stop:  # asked for (Ctrl-C, a scheduler's SIGTERM): not an error
+        return _final_line(f"stopped: {stop}", 128 + int(stop.signal_number), logging.WARNING)
     except KeyboardInterrupt:
-        return _final_line("stopped: signal 2; no partial files were left behind", 128 + int(signal.SIGINT))
+        return _final_line("stopped: signal 2; no partial files were left behind", 128 + int(signal.SIGINT),
+                           logging.WARNING)
     except BaseException as err:  # a bug: the traceback goes to stderr as usual, and to the log
         log_to_files(logging.ERROR, f"crashed: {type(err).__name__}: {err}", exc_info=True)
         raise
     return 0
 
 
-def _final_line(line: str, status: int) -> int:
+def _final_line(line: str, status: int, level: int = logging.ERROR) -> int:
     print(line, file=sys.stderr)
-    log_to_files(logging.ERROR, line)
+    log_to_files(level, line)
     return status
 
 
@@ -230,6 +233,22 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def terminal_width(stream: TextIO) -> int:
+    """Columns of the terminal ``stream`` writes to; 0 when unknown (not a terminal, or
+    one that reports no size, such as the pseudo-terminal of ``script`` without a
+    window, where a progress bar of width 0 would show nothing at all)."""
+    if not is_terminal(stream):
+        return 0
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # a stand-in stream that says it is a terminal
+        return ASSUMED_TERMINAL_WIDTH
+    try:
+        return os.get_terminal_size(descriptor).columns
+    except OSError:
+        return 0
+
+
 def format_duration(seconds: float) -> str:
     """12s, 4m05s, 3h07m (rounded to whole seconds; '?' when unknown)."""
     if not math.isfinite(seconds) or seconds < 0:
@@ -248,8 +267,9 @@ class Progress:
     """How far a long loop has come, for every long loop of the scripts (training
     epochs, evaluation, reading tasks, feature extraction).
 
-    On a terminal: a tqdm bar. Anywhere else (stderr redirected to a file, as in every
-    cluster job): no bar and no carriage returns, but one plain line every
+    On a terminal of known width: a tqdm bar. Anywhere else (stderr redirected to a file,
+    as in every cluster job, or a terminal that reports no size): no bar and no
+    carriage returns, but one plain line every
     ``interval`` seconds through the ``progress`` logger, which reaches stderr and not
     train.log::
 
@@ -273,7 +293,7 @@ class Progress:
         self._lines_written = 0
         self._last_count = initial  # the count the last plain line showed
         self._bar = None
-        if enabled and is_terminal(self.stream):
+        if enabled and terminal_width(self.stream) > 0:
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
                              dynamic_ncols=True, leave=False)
 

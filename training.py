@@ -321,12 +321,15 @@ LAYER_NORM_INITS = ("original", "standard")
 
 
 def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: str | None,
-                freeze: bool, layer_norm_init: str = "original", kernels: Kernels | None = None) -> BertForMultiTask:
+                freeze: bool, layer_norm_init: str = "original", kernels: Kernels | None = None,
+                loaded_next_from: str | None = None) -> BertForMultiTask:
     """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init).
 
     ``layer_norm_init`` "standard" starts the LayerNorms no checkpoint overwrites at
     gamma 1, beta 0 instead of the original's N(0, 0.02) for both. ``kernels``: the
     model's speed kernels (default all fast; ``Kernels.plain()``: torch's dropout).
+    ``loaded_next_from``: where the caller loads the task modules from next (the log
+    line says so).
     """
     config = config.replace(num_tasks=len(task_names))
     model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names], kernels=kernels)
@@ -337,7 +340,7 @@ def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: 
                        "their outputs start near zero and short runs may not learn; "
                        "--layer_norm_init standard starts them at gamma 1, beta 0", config.initializer_range)
     if init_checkpoint:
-        checkpointing.load_pretrained_weights(model, init_checkpoint, log=logger)
+        checkpointing.load_pretrained_weights(model, init_checkpoint, log=logger, loaded_next_from=loaded_next_from)
     if freeze:
         freeze_shared_bert(model)
     return model
@@ -602,6 +605,9 @@ class TrainingSettings:
     layer_norm_init: str = "original"
     vocab_sha256: str = ""
     config_sha256: str = ""
+    # Recorded in every adapter file (with lower-casing and max_seq_length), so that a
+    # prediction with another vocabulary is refused: tokenization.vocab_fingerprint.
+    vocab_fingerprint: str = ""
 
 
 class Trainer:
@@ -869,8 +875,12 @@ class Trainer:
         with checkpointing.atomic_group():  # the previous best model's files stay until all new ones are written
             checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file, output_dir)
             if self.settings.save_adapters:
+                trained_with = {"do_lower_case": self.settings.do_lower_case,
+                                "max_seq_length": self.settings.max_seq_length}
+                if self.settings.vocab_fingerprint:
+                    trained_with["vocab_sha256"] = self.settings.vocab_fingerprint
                 checkpointing.save_adapter_checkpoints(self.model, self.task_names,
-                                                       output_dir / checkpointing.ADAPTER_DIR)
+                                                       output_dir / checkpointing.ADAPTER_DIR, trained_with=trained_with)
             reports.write_eval_results(output_dir, result)
         logger.info("new best model (score %.4f) saved to %s", score, output_dir)
 
