@@ -232,56 +232,69 @@ def diagnose(args: argparse.Namespace) -> None:
             demo_data.write_demo_glue(tmp, seed=0)
         weights = Path(args.init_checkpoint or demo.minilm_dir())
         vocab = args.vocab_file or str((weights if weights.is_dir() else weights.parent) / "vocab.txt")
-        names = glue.resolve_task_names(args.tasks, args.task_id)
-        epochs, steps = int(args.num_train_epochs), args.steps_per_epoch
+        try:
+            names = glue.resolve_task_names(args.tasks, args.task_id)
+        except ValueError as err:
+            raise UsageError(f"--tasks {args.tasks}: {err}") from None
         tokenizer = tokenization.FullTokenizer(vocab, do_lower_case=args.do_lower_case)
         tasks = training.load_task_data(args.data_dir, names, tokenizer, args.max_seq_length, with_train=True,
                                         with_dev=bool(args.run_dir))
         training.set_seed(args.seed)  # as run_multi_task.py before building the model: the same heads
         config = modeling.BertConfig.from_json_file(args.bert_config_file)
         model = training.build_model(config, names, str(weights), freeze=False, layer_norm_init=args.layer_norm_init)
-        pooler = model.bert.pooler.dense
-        print(f"1. Initial scales: {args.bert_config_file}, weights {weights}, seed {args.seed}, first batch of "
-              f"{args.train_batch_size}\npooler weight std {pooler.weight.detach().std():.4f}, max |bias| "
-              f"{pooler.bias.detach().abs().max():.4f}; gradient norms in train mode, before per-tensor clipping to 1\n")
-        print(f"{'task':<6}{'pooled RMS':>11}{'head std':>9}{'logit std':>10}{'loss0':>7}{'prior':>7}  |grad|: "
-              f"{'head':>8}{'pooler':>8}{'adapters':>9}{'bert':>8}")
-        for r in initial_scales(model, tasks, args.train_batch_size, args.seed):
-            print(f"{r['task']:<6}{r['pooled_rms']:>11.4f}{r['head_std']:>9.4f}{r['logits_std']:>10.4f}"
-                  f"{r['loss']:>7.3f}{r['prior']:>7.3f}          " + "".join(
-                      f"{r['grad_' + g]:>{w}.4f}" for g, w in zip(GROUPS, (8, 8, 9, 8))))
-        sizes = [len(t.train) for t in tasks]
-        expected = expected_steps(sizes, steps, epochs)
-        print(f"\n2. Expected optimizer steps per task: {epochs} epochs x {steps} steps (anneal: per epoch)\n")
-        print(f"{'task':<6}{'n_train':>8}" + "".join(f"{m:>{22 if m == 'anneal' else 9}}" for m in expected))
-        for i, task in enumerate(tasks):
-            cells = ["/".join(f"{x:.0f}" for x in draws[:, i]) + f" = {draws[:, i].sum():.1f}" if m == "anneal"
-                     else f"{draws[:, i].sum():.1f}" for m, draws in expected.items()]
-            print(f"{task.name:<6}{sizes[i]:>8}" + "".join(f"{c:>{22 if m == 'anneal' else 9}}"
-                                                          for m, c in zip(expected, cells)))
-        total = steps * epochs
-        print(f"\nThis run's draws (--sample {args.sample}, --seed {args.seed}) and learning rates: warm-up over "
-              f"{args.warmup_proportion * total:.0f} of {total} steps of each parameter's own counter, which starts "
-              f"at the task's first draw\n(peak {args.learning_rate:g}; 'shared' = the shared BERT's at that step)\n")
-        print(f"{'task':<6}{'draws per epoch':>16}{'first draw':>11}{'lr 1st':>8}{'lr 2nd':>9}{'lr mean':>9}"
-              f"{'shared':>9}")
-        for task, r in zip(tasks, draw_schedule(sizes, args.sample, steps, epochs, args.seed, args.learning_rate,
-                                                args.warmup_proportion, args.skip_unsampled_updates)):
-            lrs = r["lrs"] + [None, None]
-            print(f"{task.name:<6}{'/'.join(map(str, r['per_epoch'])):>16}{fmt(r['first'], 'd'):>11}"
-                  f"{fmt(lrs[0], '.1e'):>8}{fmt(lrs[1], '.1e'):>9}{fmt(np.mean(r['lrs']) if r['lrs'] else None, '.1e'):>9}"
-                  f"{fmt(r['shared_lr'], '.1e'):>9}")
+        print_scales(args, weights, model, tasks)
+        print_draws(args, [len(t.train) for t in tasks], [t.name for t in tasks])
         if args.run_dir:
-            run_dir = Path(args.run_dir)
-            best = reports.read_eval_results(run_dir)
-            print(f"\n3. The run in {run_dir}: best epoch {best.get('epoch', '-')}; collapse = the most frequent "
-                  f"predicted class's share on dev (best_model.pth)\n")
-            print(f"{'task':<8}{'train loss per epoch':>22}{'prior':>7}{'dev':>7}{'majority':>9}{'delta':>7}  collapse")
-            for r in run_table(run_dir, tasks):
-                delta = None if r["score"] is None else r["score"] - r["majority"]
-                print(f"{r['key']:<8}{' '.join(fmt(x) for x in r['losses']):>22}{r['prior']:>7.3f}"
-                      f"{fmt(r['score']):>7}{r['majority']:>9.3f}{fmt(delta, '+.3f'):>7}  {r['collapse']}")
+            print_run(Path(args.run_dir), tasks)
 
+
+def print_scales(args: argparse.Namespace, weights: Path, model: modeling.BertForMultiTask,
+                 tasks: list[training.TaskData]) -> None:
+    pooler = model.bert.pooler.dense
+    print(f"1. Initial scales: {args.bert_config_file}, weights {weights}, seed {args.seed}, first batch of "
+          f"{args.train_batch_size}\npooler weight std {pooler.weight.detach().std():.4f}, max |bias| "
+          f"{pooler.bias.detach().abs().max():.4f}; prior = the loss of predicting the training prior (STS-B: the "
+          f"label variance); gradient norms in train mode, before per-tensor clipping to 1\n")
+    print(f"{'task':<6}{'pooled RMS':>11}{'head std':>9}{'logit std':>10}{'loss0':>7}{'prior':>7}  |grad|: "
+          f"{'head':>8}{'pooler':>8}{'adapters':>9}{'bert':>8}")
+    for r in initial_scales(model, tasks, args.train_batch_size, args.seed):
+        print(f"{r['task']:<6}{r['pooled_rms']:>11.4f}{r['head_std']:>9.4f}{r['logits_std']:>10.4f}"
+              f"{r['loss']:>7.3f}{r['prior']:>7.3f}          " + "".join(
+                  f"{r['grad_' + g]:>{w}.4f}" for g, w in zip(GROUPS, (8, 8, 9, 8))))
+
+
+def print_draws(args: argparse.Namespace, sizes: list[int], names: list[str]) -> None:
+    epochs, steps = int(args.num_train_epochs), args.steps_per_epoch
+    expected = expected_steps(sizes, steps, epochs)
+    widths = {m: 22 if m == "anneal" else 9 for m in expected}
+    print(f"\n2. Expected optimizer steps per task: {epochs} epochs x {steps} steps (anneal: per epoch)\n")
+    print(f"{'task':<6}{'n_train':>8}" + "".join(f"{m:>{widths[m]}}" for m in expected))
+    for i, name in enumerate(names):
+        cells = {m: f"{draws[:, i].sum():.1f}" for m, draws in expected.items()}
+        cells["anneal"] = "/".join(f"{x:.0f}" for x in expected["anneal"][:, i]) + " = " + cells["anneal"]
+        print(f"{name:<6}{sizes[i]:>8}" + "".join(f"{cells[m]:>{widths[m]}}" for m in expected))
+    total = steps * epochs
+    print(f"\nThis run's draws (--sample {args.sample}, --seed {args.seed}) and learning rates: warm-up over "
+          f"{args.warmup_proportion * total:.0f} of {total} steps of each parameter's own counter, which starts "
+          f"at the task's first draw\n(peak {args.learning_rate:g}; 'shared' = the shared BERT's at that step)\n")
+    print(f"{'task':<6}{'draws per epoch':>16}{'first draw':>11}{'lr 1st':>8}{'lr 2nd':>9}{'lr mean':>9}{'shared':>9}")
+    for name, r in zip(names, draw_schedule(sizes, args.sample, steps, epochs, args.seed, args.learning_rate,
+                                            args.warmup_proportion, args.skip_unsampled_updates)):
+        lrs = r["lrs"] + [None, None]  # a task drawn fewer than twice shows '-'
+        mean = np.mean(r["lrs"]) if r["lrs"] else None
+        print(f"{name:<6}{'/'.join(map(str, r['per_epoch'])):>16}{fmt(r['first'], 'd'):>11}{fmt(lrs[0], '.1e'):>8}"
+              f"{fmt(lrs[1], '.1e'):>9}{fmt(mean, '.1e'):>9}{fmt(r['shared_lr'], '.1e'):>9}")
+
+
+def print_run(run_dir: Path, tasks: list[training.TaskData]) -> None:
+    best = reports.read_eval_results(run_dir)
+    print(f"\n3. The run in {run_dir}: best epoch {best.get('epoch', '-')}; collapse = the most frequent "
+          f"predicted class's share on dev (best_model.pth)\n")
+    print(f"{'task':<8}{'train loss per epoch':>22}{'prior':>7}{'dev':>7}{'majority':>9}{'delta':>7}  collapse")
+    for r in run_table(run_dir, tasks):
+        delta = None if r["score"] is None else r["score"] - r["majority"]
+        print(f"{r['key']:<8}{' '.join(fmt(x) for x in r['losses']):>22}{r['prior']:>7.3f}"
+              f"{fmt(r['score']):>7}{r['majority']:>9.3f}{fmt(delta, '+.3f'):>7}  {r['collapse']}")
 
 if __name__ == "__main__":
     sys.exit(main())
