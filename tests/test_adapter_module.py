@@ -150,7 +150,7 @@ def test_predict_and_extract_features_build_the_model_with_the_adapter_module(tr
     assert extract_features.main(["--input_file", str(lines), "--output_file", str(features),
                                   "--vocab_file", str(out / "vocab.txt"), "--bert_config_file",
                                   str(out / "config.json"), "--init_checkpoint", str(out / "best_model.pth"),
-                                  "--task_id", "1", "--layers=-1", "--adapter_module", adapter_file]) == 0
+                                  "--task_id", "sts", "--layers=-1", "--adapter_module", adapter_file]) == 0
     assert len(features.read_text().splitlines()) == 2
 
 

@@ -150,9 +150,11 @@ def test_split_optimizer_groups_and_learning_rates(tmp_path, glue_dir, vocab_fil
     monkeypatch.setattr(optimization.BERTAdam, "step", recording_step)
     config = tiny_config(tmp_path / "config.json", dropout=0.0)
     lr = 1e-3
+    # BERTAdam as the original: one learning rate beside the split's, no bias correction
     assert run_multi_task.main(run_args(glue_dir, config, vocab_file, tmp_path / "optim", "--optim", "split",
                                         "--num_train_epochs", "1", "--steps_per_epoch", "1", "--learning_rate",
-                                        str(lr), "--warmup_proportion", "0")) == 0
+                                        str(lr), "--warmup_proportion", "0", "--task_learning_rate", "0",
+                                        "--no_bias_correction")) == 0
     model = probe.trainer.model
     optimizers = probe.trainer.optimizers
     assert len(optimizers) == 2
