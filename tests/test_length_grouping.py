@@ -231,6 +231,7 @@ def test_scores_are_not_worse_than_with_plain_shuffling(demo_glue, vocab_file, m
             scores[grouped].append(result["glue_average"])
     grouped, plain = np.array(scores[True]), np.array(scores[False])
     print(f"SST-2 accuracy over seeds {SCORE_SEEDS}: grouped {grouped}, plain {plain}")
-    assert plain.mean() > 0.7, plain  # it learned (majority class: 0.48), so the comparison means something
+    # it learned (the demo's criterion: 0.10 over the majority class, 0.48), so the comparison means something
+    assert plain.mean() > 0.58, plain
     spread = max(np.ptp(plain), np.ptp(grouped))
     assert grouped.mean() >= plain.mean() - spread, (grouped, plain)
