@@ -343,10 +343,11 @@ class OutputDirLock:
                 raise UsageError(f"{self.path.parent}: another run is using this output folder "
                                  f"(pid {holder}); wait for it or choose another --output_dir") from None
             raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # unbuffered, and only for the message above: a full disk must not stop the run here
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())  # (opened to append: lands at 0)
+        except OSError:
+            pass
         self._handle = handle
         return self
 

@@ -229,13 +229,13 @@ def test_disk_full_while_writing_the_adapter_files(inputs, tmp_path, monkeypatch
     monkeypatch.undo()
     line = the_error_line(capsys.readouterr().err)
     assert code == EXIT_ERROR
+    published = sorted(p.name for p in out.rglob("*") if p.is_file() and not checkpointing.is_partial_file(p))
+    for name in ("cola.safetensors", "sts.safetensors", "best_model.pth", "eval_results.json"):
+        assert name not in published, published
     last = out / "checkpoints" / "last.pt"
     assert_says(line, f"could not write {out / 'adapters' / 'sts.safetensors'}: no space left on device",
                 "no file of the set written with it was replaced",
                 f"the checkpoint of step 4 in {last} is intact: free space and add --resume")
-    published = sorted(p.name for p in out.rglob("*") if p.is_file() and not checkpointing.is_partial_file(p))
-    for name in ("cola.safetensors", "sts.safetensors", "best_model.pth", "eval_results.json"):
-        assert name not in published, published
     assert checkpoint_step(out) == 4
     assert_no_temporary_files(out)
 
