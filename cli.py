@@ -186,6 +186,13 @@ class LogFileHandler(logging.FileHandler):
             print(f"warning: {self.baseFilename}: log lines cannot be written ({reason}); from now on they go "
                   f"to stderr only", file=sys.stderr)
 
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # flushing what a full disk refused fails again; the file is closed all the same
+            if not self.failed:
+                raise
+
 
 class _NotProgress(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:

@@ -433,3 +433,28 @@ def test_a_run_warns_at_its_start_when_free_space_is_short(inputs, tmp_path, mon
     assert len(warnings) == 1, warnings
     assert_says(warnings[0], f"{tmp_path / 'out'}: 1.0 KB free, but this run's checkpoints and best model "
                              f"need about ", "checkpoints/last.pt", "best_model.pth", "choose another --output_dir")
+
+
+# ---------------------------------------------------------------------------------------
+# The log file on a full disk
+# ---------------------------------------------------------------------------------------
+
+def test_a_log_file_on_a_full_disk_costs_one_warning_line(tmp_path, capsys):
+    """Without it, logging prints '--- Logging error ---' and a traceback per record."""
+    import cli
+    log_file = tmp_path / "train.log"
+    cli.setup_logging(log_file)
+    handler = next(h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler))
+    handler.stream.close()
+    handler.stream = io.TextIOWrapper(io.BufferedWriter(_FillingFile(log_file, "a", room=0)),
+                                      encoding="utf-8", write_through=True)
+    for number in range(3):
+        logging.getLogger("run_multi_task").info("line %d", number)
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "Logging error" not in stderr, stderr
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {log_file}: log lines cannot be written (no space left on device); from now "
+                        f"on they go to stderr only"], stderr
+    for number in range(3):  # every record still reaches stderr
+        assert any(line.endswith(f"run_multi_task: line {number}") for line in stderr.splitlines()), stderr
+    handler.close()  # what the first write refused is not written at the end either, and says nothing
