@@ -197,6 +197,13 @@ class LogFileHandler(logging.FileHandler):
             print(f"warning: {self.baseFilename}: log lines cannot be written ({reason}); from now on they go "
                   f"to stderr only", file=sys.stderr)
 
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # flushing what a full disk refused fails again; the file is closed all the same
+            if not self.failed:
+                raise
+
 
 class _NotProgress(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
@@ -371,10 +378,11 @@ class OutputDirLock:
                 raise UsageError(f"{self.path.parent}: another run is using this output folder "
                                  f"(pid {holder}); wait for it or choose another --output_dir") from None
             raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # unbuffered, and only for the message above: a full disk must not stop the run here
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())  # (opened to append: lands at 0)
+        except OSError:
+            pass
         self._handle = handle
         return self
 

@@ -229,13 +229,13 @@ def test_disk_full_while_writing_the_adapter_files(inputs, tmp_path, monkeypatch
     monkeypatch.undo()
     line = the_error_line(capsys.readouterr().err)
     assert code == EXIT_ERROR
+    published = sorted(p.name for p in out.rglob("*") if p.is_file() and not checkpointing.is_partial_file(p))
+    for name in ("cola.safetensors", "sts.safetensors", "best_model.pth", "eval_results.json"):
+        assert name not in published, published
     last = out / "checkpoints" / "last.pt"
     assert_says(line, f"could not write {out / 'adapters' / 'sts.safetensors'}: no space left on device",
                 "no file of the set written with it was replaced",
                 f"the checkpoint of step 4 in {last} is intact: free space and add --resume")
-    published = sorted(p.name for p in out.rglob("*") if p.is_file() and not checkpointing.is_partial_file(p))
-    for name in ("cola.safetensors", "sts.safetensors", "best_model.pth", "eval_results.json"):
-        assert name not in published, published
     assert checkpoint_step(out) == 4
     assert_no_temporary_files(out)
 
@@ -433,3 +433,28 @@ def test_a_run_warns_at_its_start_when_free_space_is_short(inputs, tmp_path, mon
     assert len(warnings) == 1, warnings
     assert_says(warnings[0], f"{tmp_path / 'out'}: 1.0 KB free, but this run's checkpoints and best model "
                              f"need about ", "checkpoints/last.pt", "best_model.pth", "choose another --output_dir")
+
+
+# ---------------------------------------------------------------------------------------
+# The log file on a full disk
+# ---------------------------------------------------------------------------------------
+
+def test_a_log_file_on_a_full_disk_costs_one_warning_line(tmp_path, capsys):
+    """Without it, logging prints '--- Logging error ---' and a traceback per record."""
+    import cli
+    log_file = tmp_path / "train.log"
+    cli.setup_logging(log_file)
+    handler = next(h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler))
+    handler.stream.close()
+    handler.stream = io.TextIOWrapper(io.BufferedWriter(_FillingFile(log_file, "a", room=0)),
+                                      encoding="utf-8", write_through=True)
+    for number in range(3):
+        logging.getLogger("run_multi_task").info("line %d", number)
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr and "Logging error" not in stderr, stderr
+    warnings = [line for line in stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {log_file}: log lines cannot be written (no space left on device); from now "
+                        f"on they go to stderr only"], stderr
+    for number in range(3):  # every record still reaches stderr
+        assert any(line.endswith(f"run_multi_task: line {number}") for line in stderr.splitlines()), stderr
+    handler.close()  # what the first write refused is not written at the end either, and says nothing

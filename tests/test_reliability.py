@@ -23,6 +23,7 @@ are not repeated here:
 """
 import ast
 import json
+import logging
 import os
 import random
 import shutil
@@ -33,29 +34,70 @@ import textwrap
 import time
 from pathlib import Path
 
-import conftest
 import pytest
 import torch
 
 import checkpointing
 import cli
 import convert_tf_checkpoint_to_pytorch as convert
+import demo_data
 import extract_features
 import modeling
 import run_multi_task
+import tokenization
 import training
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TASKS = "cola,sts"
-pytestmark = pytest.mark.usefixtures("fresh_logging")  # (conftest.py; glue_dir and small_vocab too)
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 # ---------------------------------------------------------------------------------------
 # Tiny inputs
 # ---------------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def fresh_logging():
+    """Each script configures logging as if it had the process to itself; in-process
+    calls from several tests would otherwise log to an earlier test's captured stderr."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("glue")
+    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_vocab(glue_dir, tmp_path_factory):
+    """Every lower-cased word of the demo data plus the special tokens (about 1,000 ids):
+    a tiny embedding table keeps optimizer steps cheap."""
+    basic = tokenization.BasicTokenizer(do_lower_case=True)
+    words = set()
+    for path in glue_dir.rglob("*.tsv"):
+        words.update(basic.tokenize(path.read_text(encoding="utf-8")))
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(SPECIAL_TOKENS + sorted(words - set(SPECIAL_TOKENS))) + "\n", encoding="utf-8")
+    return path
+
+
+def vocab_size_of(vocab_file):
+    return len(Path(vocab_file).read_text(encoding="utf-8").splitlines())
+
+
 def tiny_config_dict(vocab_file, dropout=0.1, **flags):
-    return conftest.tiny_config_dict(Path(vocab_file), dropout, **{"max_position_embeddings": 64, **flags})
+    values = dict(vocab_size=vocab_size_of(vocab_file), hidden_size=32, num_hidden_layers=2,
+                  num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, type_vocab_size=2,
+                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+                  mult=True, pals=True, hidden_size_aug=12)
+    values.update(flags)
+    return values
 
 
 def write_json(path, value):
@@ -939,7 +981,7 @@ def test_a_failing_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
     checkpointing.atomic_torch_save({"step": torch.tensor(1)}, path)
 
-    def half_then_crash(obj, destination):  # destination: the temporary file, open for writing
+    def half_then_crash(obj, destination):  # destination: the temporary file, opened for writing
         destination.write(b"PK\x03\x04 half a zip file")
         raise RuntimeError("disk full")
 
@@ -1005,11 +1047,12 @@ EPOCHS = 2
 
 
 def kill_run_args(glue_dir, config, vocab, output_dir, *extra):
-    return conftest.run_args(
-        glue_dir, config, vocab, output_dir, "--eval_batch_size", "32", "--do_train", "--do_eval", "--sample",
-        "anneal", "--num_train_epochs", EPOCHS, "--steps_per_epoch", STEPS_PER_EPOCH, "--learning_rate", "1e-3",
-        "--save_checkpoints_steps", CHECKPOINT_EVERY, "--no_save_adapters", "--keep_last_checkpoint", *extra,
-        tasks="cola,sts,mnli", batch=8, seed=11)
+    return [str(a) for a in [
+        "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab, "--output_dir", output_dir,
+        "--tasks", "cola,sts,mnli", "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "8",
+        "--eval_batch_size", "32", "--seed", "11", "--no_plot", "--do_train", "--do_eval", "--sample", "anneal",
+        "--num_train_epochs", EPOCHS, "--steps_per_epoch", STEPS_PER_EPOCH, "--learning_rate", "1e-3",
+        "--save_checkpoints_steps", CHECKPOINT_EVERY, "--no_save_adapters", "--keep_last_checkpoint", *extra]]
 
 
 def run_script(args, **kwargs):
@@ -1102,10 +1145,12 @@ def test_stop_at_a_random_step_then_resume_equals_an_uninterrupted_run(signum, k
 # ---------------------------------------------------------------------------------------
 
 def nan_run_args(glue_dir, config, vocab, output_dir, *extra):
-    return conftest.run_args(
-        glue_dir, config, vocab, output_dir, "--eval_batch_size", "32", "--do_train", "--do_eval", "--sample", "rr",
+    return [str(a) for a in [
+        "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab, "--output_dir", output_dir,
+        "--tasks", "cola,sts,mnli", "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "8",
+        "--eval_batch_size", "32", "--seed", "5", "--no_plot", "--do_train", "--do_eval", "--sample", "rr",
         "--num_train_epochs", "3", "--steps_per_epoch", "4", "--learning_rate", "1e-3",
-        "--save_checkpoints_steps", "0", "--keep_last_checkpoint", *extra, tasks="cola,sts,mnli", batch=8, seed=5)
+        "--save_checkpoints_steps", "0", "--keep_last_checkpoint", *extra]]
 
 
 def inject_nan_loss_at_step(monkeypatch, step: int) -> None:
