@@ -1,7 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   set up .venv and run the embedded demo
 #   make test   set up .venv and run the whole test suite
-#   make test-fast  the edit loop: every test not marked slow (tests/README.md)
+#   make test-fast  the edit loop: every test not marked slow (pytest.ini: the slow marker)
 # and, on a GPU machine, make gpu-check (see benchmarks/gpu_check.py).
 # Everything is installed into .venv from pinned versions (constraints.txt);
 # nothing depends on what happens to be installed on the machine.
