@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   set up .venv and run the embedded demo
 #   make test   set up .venv and run the whole test suite
+#   make test-fast  the edit loop: every test not marked slow (pytest.ini: the slow marker)
 # and, on a GPU machine, make gpu-check (see benchmarks/gpu_check.py).
 # Everything is installed into .venv from pinned versions (constraints.txt);
 # nothing depends on what happens to be installed on the machine.
@@ -11,7 +12,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench gpu-check venv clean
+.PHONY: demo test test-fast lint bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -29,6 +30,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

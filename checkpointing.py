@@ -5,11 +5,16 @@ checkpoints, per-task adapter checkpoints, and one strict state-dict check.
 Every file is written to a temporary name in the same folder (``.<name>.<random>.tmp``),
 flushed to disk and then renamed, so a crash never leaves a half-written file under
 the real name. A process killed outright (SIGKILL, power loss) can leave its temporary
-file behind; ``remove_partial_files`` clears those when the next run starts. Nothing
+file behind; ``remove_partial_files`` clears those when the next run starts. A write
+that fails (a full disk, a file-size limit, an I/O error, whatever raised it) becomes
+one ``WriteError`` naming the file, why, and what is intact; files written as a set
+(``atomic_group``) replace the previous set only once every one is complete. Nothing
 is ever unpickled with code execution: torch files are read with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +25,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,7 +35,7 @@ import torch
 from torch import nn
 
 import modeling
-from errors import CheckpointError, UsageError
+from errors import CheckpointError, UsageError, WriteError
 from modeling import BertConfig, BertForMultiTask
 
 logger = logging.getLogger(__name__)
@@ -55,28 +61,242 @@ SHARED_BERT_FILE = "shared_bert.safetensors"  # written by earlier versions; bes
 
 TEMPORARY_SUFFIX = ".tmp"
 
+# The temporaries of the ``atomic_group`` being written (None outside a group).
+_group_pending: ContextVar[list[tuple[Path, Path]] | None] = ContextVar("atomic_group", default=None)
+
 
 @contextmanager
-def atomic_path(path: PathLike):
+def atomic_path(path: PathLike, expected_bytes: int | None = None):
     """Yield a temporary path beside ``path``; on success flush it to disk and rename it
     onto ``path``. On any exception (or a signal turned into one) the temporary file is
-    removed and ``path`` keeps its previous content."""
+    removed and ``path`` keeps its previous content.
+
+    A failure to write becomes a ``WriteError`` naming ``path``, why it failed and that
+    the previous file is unchanged; ``expected_bytes`` (the file's likely size) lets it
+    say how much space a full disk lacks. Other exceptions (a bug, bad input) pass
+    unchanged. Inside ``atomic_group`` the rename waits for the rest of the group."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.close(handle)
+    group = _group_pending.get()
     try:
-        yield Path(temporary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    except OSError as err:  # no temporary file yet: any error here is one of writing
+        raise WriteError(path, _reason(err.errno or 0, err, path, None, expected_bytes), _left_behind(path),
+                         err.errno) from err
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
         # mkstemp creates 0600, and some writers (safetensors) create the file anew: give
         # the finished file the permissions a plain open() would, 0666 less the umask.
         os.chmod(temporary, 0o666 & ~current_umask())
         _fsync_file(temporary)  # the data is on disk before the name points at it
+        if group is not None:
+            group.append((temporary, path))  # renamed when the whole group is written
+            return
         os.replace(temporary, path)
         _fsync_directory(path.parent)  # ... and the rename itself survives a power loss
-    except BaseException:
+    except BaseException as err:
+        # Why it failed is read before the temporary goes (its size, the space it holds).
+        earlier = sum(_file_size(done) for done, _ in group or ())
+        failure = write_failure(err, path, temporary, expected_bytes, earlier)
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if failure is None:
+            raise
+        raise WriteError(path, failure[1], _left_behind(path), failure[0]) from err
+
+
+@contextmanager
+def atomic_group():
+    """Files written with ``atomic_path`` inside the block (the adapter files, the best
+    model's files) replace their real names only at the end of the block, once every
+    one of them is complete: a write that fails part-way leaves the whole previous set,
+    never a mix of new and old files that looks complete. A group inside a group joins
+    the outer one. Also usable as a decorator (``@atomic_group()``).
+
+    The renames at the end are not one atomic step: a SIGKILL between two of them
+    leaves some files new and some old (a window of microseconds, not of a write)."""
+    if _group_pending.get() is not None:
+        yield
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _group_pending.set(pending)
+    try:
+        yield
+    except BaseException as err:
+        for temporary, _ in pending:
+            if temporary.exists():
+                temporary.unlink()
+        if isinstance(err, WriteError) and pending:
+            err.intact = (f"{err.intact}, and no file of the set written with it was replaced "
+                          f"({', '.join(path.name for _, path in pending)} keep their previous content)")
         raise
+    finally:
+        _group_pending.reset(token)
+    for index, (temporary, path) in enumerate(pending):
+        try:
+            os.replace(temporary, path)
+        except OSError as err:
+            for rest, _ in pending[index:]:
+                if rest.exists():
+                    rest.unlink()
+            replaced = ", ".join(p.name for _, p in pending[:index]) or "none"
+            raise WriteError(path, _reason(err.errno or 0, err, path, None, None),
+                             f"files of its set already replaced: {replaced}; the others keep their "
+                             f"previous content", err.errno) from err
+    for folder in dict.fromkeys(path.parent for _, path in pending):
+        _fsync_directory(folder)
+
+
+# Why a write failed, by errno, in the words of the one-line error.
+WRITE_FAILURES = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large",
+    errno.EIO: "input/output error (a failing disk or a lost network mount)",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+NEARLY_FULL_BYTES = 1 << 20  # a writer that fails without saying why, with less free: the disk is full
+
+
+def write_failure(err: BaseException, path: PathLike, temporary: PathLike,
+                  expected_bytes: int | None = None, earlier_bytes: int = 0) -> tuple[int, str] | None:
+    """Why writing ``path`` (through ``temporary``) failed: (errno, a few words; errno 0
+    when unknown), or None when ``err`` is no failure to write (a bug, bad input, a
+    signal: it keeps its own type).
+
+    Failures to write are an OSError about the file (or without a file name, with an
+    errno of ``WRITE_FAILURES``), torch's error from its zip writer (``RuntimeError:
+    [enforce fail at inline_container.cc] ... unexpected pos``) and safetensors' I/O
+    error. torch keeps the OSError it hit in its error's context; when a writer says
+    nothing of the cause, a file at the process's size limit means EFBIG and a nearly
+    full disk ENOSPC. ``earlier_bytes``: other files of the same group, which need
+    space too."""
+    path, temporary = Path(path), Path(temporary)
+    code = _failure_errno(err, {os.fspath(path), os.fspath(temporary), os.fspath(path.parent)})
+    if code is None:
+        return None
+    if code == 0:
+        code = _guess_errno(temporary)
+    return code, _reason(code, err, path, temporary, expected_bytes, earlier_bytes)
+
+
+def _failure_errno(err: BaseException, own_names: set[str]) -> int | None:
+    """The errno of a failure to write (0: a writer failed without saying why), or None."""
+    if isinstance(err, OSError):
+        names = {os.fsdecode(name) for name in (err.filename, err.filename2) if name is not None}
+        if names & own_names or (not names and err.errno in WRITE_FAILURES):
+            return err.errno or 0
+        return None  # another file (an input being read) or not an error of writing
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:
+        found = re.search(r"os error (\d+)", text)
+        return int(found.group(1)) if found else 0
+    if isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text):
+        context = err.__cause__ or err.__context__
+        return (context.errno or 0) if isinstance(context, OSError) else 0
+    return None
+
+
+def _guess_errno(temporary: Path) -> int:
+    limit = file_size_limit()
+    if limit is not None and _file_size(temporary) >= limit:
+        return errno.EFBIG
+    try:
+        if shutil.disk_usage(temporary.parent).free < NEARLY_FULL_BYTES:
+            return errno.ENOSPC
+    except OSError:
+        pass
+    return 0
+
+
+def _reason(code: int, err: BaseException, path: Path, temporary: Path | None,
+            expected_bytes: int | None, earlier_bytes: int = 0) -> str:
+    written = _file_size(temporary) if temporary is not None else 0
+    needed = expected_bytes + earlier_bytes if expected_bytes is not None else None
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason = WRITE_FAILURES[code]
+        reason += f", about {format_bytes(needed)} needed" if needed else f" after {format_bytes(written)} were written"
+        if code == errno.ENOSPC:
+            try:  # free once the temporary file is removed
+                reason += f" ({format_bytes(shutil.disk_usage(path.parent).free + written)} free)"
+            except OSError:
+                pass
+        return reason
+    if code == errno.EFBIG:
+        limit = file_size_limit()
+        if limit is None:
+            return "file too large for the file system" + (f" (about {format_bytes(needed)})" if needed else "")
+        return (f"file too large: this process may write files of at most {format_bytes(limit)} (ulimit -f)"
+                + (f", and this one needs about {format_bytes(expected_bytes)}" if expected_bytes else ""))
+    if code in WRITE_FAILURES:
+        return WRITE_FAILURES[code]
+    if code:
+        return os.strerror(code).lower()
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"the writer failed ({type(err).__name__}: {first})"
+
+
+def _left_behind(path: Path) -> str:
+    """What a failed write of ``path`` leaves (the temporary file is gone by now)."""
+    if path.exists():
+        return f"the previous {path.name} is unchanged"
+    return f"no partial {path.name} was left behind"
+
+
+def file_size_limit() -> int | None:
+    """The process's largest file in bytes (``ulimit -f``, RLIMIT_FSIZE), or None."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _file_size(path: PathLike | None) -> int:
+    try:
+        return os.path.getsize(path) if path is not None else 0
+    except OSError:
+        return 0
+
+
+def format_bytes(count: int) -> str:
+    """1.5 KB, 92 MB, 3.2 GB (powers of 1000, as df -H and file managers show them)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if count >= size:
+            value = count / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{count} bytes"
+
+
+TENSOR_RECORD_BYTES = 350  # torch.save's zip entry and pickled reference per tensor (measured: about 335)
+
+
+def serialized_size(obj: Any) -> int:
+    """About how many bytes torch.save (or safetensors) writes for ``obj``: its distinct
+    tensor storages, plus a little per tensor for the file's records."""
+    storages: dict[tuple[int, str], int] = {}
+    tensors = 0
+
+    def visit(value: Any) -> None:
+        nonlocal tensors
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            storages[storage.data_ptr() or id(value), str(value.device)] = storage.nbytes()
+            tensors += 1
+        elif isinstance(value, Mapping):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(obj)
+    return sum(storages.values()) + TENSOR_RECORD_BYTES * tensors
 
 
 def _fsync_file(path: PathLike) -> None:
@@ -140,17 +360,31 @@ def current_umask() -> int:
 
 
 def atomic_write_text(path: PathLike, text: str) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8", newline="")  # no newline translation
+    data = text.encode("utf-8")  # no newline translation
+    with atomic_path(path, expected_bytes=len(data)) as temporary:
+        temporary.write_bytes(data)
 
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    with atomic_path(path) as temporary:
-        torch.save(obj, temporary)
+    with atomic_path(path, expected_bytes=serialized_size(obj)) as temporary:
+        # Through a Python file: when the OS refuses a write (ENOSPC), torch raises its own
+        # RuntimeError but keeps the OSError, errno and all, as that error's context.
+        with open(temporary, "wb") as stream:
+            torch.save(obj, stream)
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: PathLike,
+                            metadata: Mapping[str, str] | None = None) -> None:
+    """A safetensors file, serialised in memory and written as a Python file (so a
+    failing write keeps its errno): for files the size of a task's modules."""
+    from safetensors.torch import save
+    data = save(dict(tensors), metadata=dict(metadata) if metadata is not None else None)
+    with atomic_path(path, expected_bytes=len(data)) as temporary:
+        temporary.write_bytes(data)
 
 
 def atomic_copy(source: PathLike, path: PathLike) -> None:
-    with atomic_path(path) as temporary:
+    with atomic_path(path, expected_bytes=_file_size(source)) as temporary:
         shutil.copyfile(source, temporary)
 
 
@@ -229,13 +463,19 @@ class LoadReport:
     kept_init: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     kept_init_modules: dict[str, int] = field(default_factory=dict)
+    loaded_next_from: str | None = None  # where the task modules come from right after (resume, adapters)
 
     def summary(self) -> str:
         line = f"loaded {len(self.loaded)} tensors from {self.source}"
         if self.kept_init:
             kinds = self.kept_init_modules or {_group_names(self.kept_init): len(self.kept_init)}
-            line += (f"; {len(self.kept_init)} tensors of task modules the checkpoint lacks keep their "
-                     f"initialisation: " + ", ".join(f"{kind} ({count})" for kind, count in kinds.items()))
+            listed = ", ".join(f"{kind} ({count})" for kind, count in kinds.items())
+            if self.loaded_next_from:
+                line += f"; {len(self.kept_init)} tensors of task modules are loaded next from " \
+                        f"{self.loaded_next_from}: {listed}"
+            else:
+                line += (f"; {len(self.kept_init)} tensors of task modules the checkpoint lacks keep their "
+                         f"initialisation: " + listed)
         if self.ignored:
             line += f"; ignored {len(self.ignored)} checkpoint tensors ({_group_names(self.ignored)})"
         return line
@@ -246,11 +486,12 @@ def task_module_kind(model: nn.Module, key: str) -> str:
     user recognises: the adapter's class (``BERTPals``, ``BERTLowRank``, ``BERTLhuc``),
     the class of a module on top (``BERTAttention on top``), or the name of a per-task
     list of plain layers (``classifier``, ``mult_aug_dense``)."""
-    match = modeling.TASK_INDEX_PATTERN.search(key)
-    if match is None:
+    found = modeling.split_task_key(key)
+    if found is None:
         return key.split(".")[0]  # a head outside the per-task lists (qa_outputs ...)
-    path = key[:match.end()]  # ... up to and including the task index
-    list_name = path.split(".")[-2]
+    list_path, task_id, _ = found
+    path = f"{list_path}.{task_id}"  # the task's part
+    list_name = list_path.split(".")[-1]
     try:
         module = model.get_submodule(path)
     except AttributeError:
@@ -356,7 +597,8 @@ def _align_bert_prefix(state_dict: dict[str, torch.Tensor], model_has_bert_prefi
 
 
 def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
-                            log: logging.Logger | None = None, *, shared_only: bool = False) -> LoadReport:
+                            log: logging.Logger | None = None, *, shared_only: bool = False,
+                            loaded_next_from: str | None = None) -> LoadReport:
     """Load a pretrained checkpoint into ``BertModel`` or any head model.
 
     Accepts the original converted format (``gamma``/``beta``), a Hugging Face folder
@@ -372,13 +614,17 @@ def load_pretrained_weights(model: nn.Module, path: str | os.PathLike,
     ``shared_only`` takes only the shared BERT from the checkpoint and ignores its
     task-specific tensors: a multi-task checkpoint (``best_model.pth``) serves as the
     shared BERT for adapters of any of its tasks, in any order.
+
+    ``loaded_next_from`` names where the caller loads the task modules from right
+    after (adapter files, a training checkpoint), so that the log line says so instead
+    of "keep their initialisation".
     """
     source = os.fspath(path)
     checkpoint = normalize_checkpoint_keys(read_state_dict(path))
     model_keys = model.state_dict()
     has_prefix = any(k.startswith("bert.") for k in model_keys)
     checkpoint = _align_bert_prefix(checkpoint, has_prefix)
-    report = LoadReport(source=source)
+    report = LoadReport(source=source, loaded_next_from=loaded_next_from)
     if shared_only:
         report.ignored = [key for key in checkpoint if modeling.is_task_specific(key)]
         checkpoint = {key: tensor for key, tensor in checkpoint.items() if not modeling.is_task_specific(key)}
@@ -524,10 +770,19 @@ def load_model_folder(folder: PathLike, weights: PathLike | None = None) -> Mode
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder (expected a run folder of run_multi_task.py)")
     missing = [name for name in MODEL_FOLDER_FILES if not (folder / name).is_file()]
+    started = (folder / ARGS_FILE).is_file() or training_checkpoint_path(folder).is_file()
+    if weights is None and BEST_MODEL_FILE in missing and started:
+        # A run writes args.json (and checkpoints/last.pt on a stop) before training, and
+        # its model only at the end of its first epoch, when it is first evaluated.
+        hint = (f"resume it with run_multi_task.py --output_dir {folder} --resume"
+                if training_checkpoint_path(folder).is_file() else "start it again")
+        raise CheckpointError(f"{folder}: the run was stopped before its first evaluation, so it has no model "
+                              f"yet ({BEST_MODEL_FILE} is written when an epoch ends); {hint}")
     if missing:
         raise CheckpointError(f"{folder}: incomplete model folder, missing {', '.join(missing)} "
                               f"(a run folder holds {', '.join(MODEL_FOLDER_FILES)})")
     config = BertConfig.from_json_file(folder / CONFIG_FILE)
+    modeling.check_adapter_registered(config, folder / CONFIG_FILE)
     tasks = read_tasks_file(folder / TASKS_FILE)
     try:
         model = BertForMultiTask(config.replace(num_tasks=len(tasks)), [task["num_labels"] for task in tasks])
@@ -647,6 +902,68 @@ def folder_size(folder: PathLike) -> int:
     return sum(path.lstat().st_size for path in Path(folder).rglob("*") if path.is_file() and not path.is_symlink())
 
 
+@dataclass
+class SpaceEstimate:
+    """The files of a training run and about how many bytes each takes (from the
+    model's parameters: float tensors as they are, two Adam moments per trainable one)."""
+
+    checkpoint: int  # checkpoints/last.pt: the model, the optimizer moments, a little state
+    best_model: int  # best_model.pth: the model
+    adapters: int  # adapters/*.safetensors: every task's own modules
+    epoch_copies: int  # checkpoints/epoch_<n>.pt still to come (--keep_epoch_checkpoints)
+
+    @property
+    def peak(self) -> int:
+        """The most a run holds at once: every file, and a second last.pt while a new
+        one is written beside it (the largest temporary; the best model's set is smaller)."""
+        return 2 * self.checkpoint + self.best_model + self.adapters + self.epoch_copies * self.checkpoint
+
+
+CHECKPOINT_STATE_BYTES = 32_000  # last.pt beyond the tensors: random generator states, history
+SAFETENSORS_ENTRY_BYTES = 110  # a tensor's entry in a safetensors header (name, dtype, shape, offsets)
+
+
+def estimate_run_space(model: nn.Module, save_adapters: bool = True, epoch_copies: int = 0) -> SpaceEstimate:
+    model_bytes = serialized_size(model.state_dict())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    moments = 2 * sum(p.numel() * p.element_size() + TENSOR_RECORD_BYTES for p in trainable)  # Adam's m and v
+    adapters = 0
+    if save_adapters:
+        task_tensors = [t for key, t in unique_state_dict(model).items() if modeling.task_of_key(key) is not None]
+        metadata = len(model.config.to_json_string()) + 100  # each file's config, task name and labels
+        adapters = (sum(t.numel() * t.element_size() + SAFETENSORS_ENTRY_BYTES for t in task_tensors)
+                    + metadata * len(getattr(model, "num_labels", ())))
+    return SpaceEstimate(checkpoint=model_bytes + moments + CHECKPOINT_STATE_BYTES, best_model=model_bytes,
+                         adapters=adapters, epoch_copies=epoch_copies)
+
+
+def free_space_warning(output_dir: PathLike, model: nn.Module, save_adapters: bool = True,
+                       epoch_copies: int = 0) -> str | None:
+    """One line when ``output_dir`` has less free space than the run's checkpoints and
+    best model need at their largest (the files already there that the run replaces
+    count as free), else None."""
+    output_dir = Path(output_dir)
+    estimate = estimate_run_space(model, save_adapters, epoch_copies)
+    replaced = [training_checkpoint_path(output_dir), output_dir / BEST_MODEL_FILE]
+    replaced += list((output_dir / ADAPTER_DIR).glob("*.safetensors")) if save_adapters else []
+    present = sum(_file_size(path) for path in replaced)
+    try:
+        free = shutil.disk_usage(output_dir).free
+    except OSError:
+        return None
+    if free + present >= estimate.peak:
+        return None
+    parts = [f"{TRAINING_CHECKPOINT_DIR}/{LAST_CHECKPOINT_FILE} {format_bytes(estimate.checkpoint)}, twice while "
+             f"a new one is written", f"{BEST_MODEL_FILE} {format_bytes(estimate.best_model)}"]
+    if estimate.adapters:
+        parts.append(f"{ADAPTER_DIR}/ {format_bytes(estimate.adapters)}")
+    if epoch_copies:
+        parts.append(f"{epoch_copies} epoch checkpoint(s) {format_bytes(epoch_copies * estimate.checkpoint)}")
+    return (f"{output_dir}: {format_bytes(free)} free, but this run's checkpoints and best model need about "
+            f"{format_bytes(estimate.peak - present)} more ({'; '.join(parts)}): free space or choose another "
+            f"--output_dir, or the run stops at the first save that does not fit (its last checkpoint stays intact)")
+
+
 def save_run_arguments(output_dir: PathLike, arguments: Mapping[str, Any]) -> Path:
     path = Path(output_dir) / ARGS_FILE
     atomic_write_text(path, json.dumps(dict(arguments), indent=2, sort_keys=True) + "\n")
@@ -678,6 +995,105 @@ def load_training_checkpoint(output_dir: PathLike) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
+# Optimizer state in training checkpoints: keyed by parameter name
+#
+# torch keys an optimizer's state by the parameter's position in its groups, so a
+# change of parameter order (a module registered elsewhere) would hand one parameter's
+# moments to another. last.pt keys it by parameter name instead (tied parameters by
+# their first name, as named_parameters() gives them); it goes back to positions only
+# to be loaded into this run's optimizer.
+# --------------------------------------------------------------------------------------
+
+def optimizer_states_by_name(optimizers: Sequence[torch.optim.Optimizer], model: nn.Module) -> list[dict[str, Any]]:
+    """Each optimizer's ``state_dict()`` with every position replaced by its parameter's name."""
+    name_of = {param: name for name, param in model.named_parameters()}
+    states = []
+    for optimizer in optimizers:
+        names = [name_of[param] for group in optimizer.param_groups for param in group["params"]]
+        saved = optimizer.state_dict()
+        states.append({"state": {names[position]: value for position, value in saved["state"].items()},
+                       "param_groups": [{**group, "params": [names[position] for position in group["params"]]}
+                                        for group in saved["param_groups"]]})
+    return states
+
+
+def optimizer_states_by_position(saved_states: Any, optimizers: Sequence[torch.optim.Optimizer], model: nn.Module,
+                                 saved_model_keys: Sequence[str], source: Any) -> list[dict[str, Any]]:
+    """The saved optimizer states (by name, or by position from an earlier version) as
+    ``load_state_dict`` of this run's ``optimizers`` takes them; CheckpointError (one
+    line naming ``source``) for a state that does not fit.
+
+    A state keyed by position was written before names were used. Its positions follow
+    the parameter order of the model that wrote it, which its model tensors
+    (``saved_model_keys``, in their saved order) record: each parameter's first key.
+    With that order and this run's groups (the same parameters, grouped by name), the
+    positions map back to names; if a count or a shape does not agree, it is refused.
+    """
+    if not isinstance(saved_states, list) or len(saved_states) != len(optimizers):
+        count = len(saved_states) if isinstance(saved_states, list) else "no list of"
+        raise CheckpointError(f"{source}: holds {count} optimizer state(s), this run has {len(optimizers)}")
+    name_of = {param: name for name, param in model.named_parameters()}
+    positional = []
+    for optimizer, saved in zip(optimizers, saved_states):
+        groups = [[name_of[param] for param in group["params"]] for group in optimizer.param_groups]
+        try:
+            saved_groups, saved_state = saved["param_groups"], saved["state"]
+            if len(saved_groups) != len(groups):
+                raise CheckpointError(f"{source}: its optimizer has {len(saved_groups)} parameter group(s), "
+                                      f"this run's has {len(groups)}")
+            if any(not isinstance(key, str) for key in saved_state):
+                saved = _named_from_positions(saved, groups, model, saved_model_keys, source)
+                saved_groups, saved_state = saved["param_groups"], saved["state"]
+            positions = {name: position for position, name in enumerate(n for group in groups for n in group)}
+            for index, (group, names) in enumerate(zip(saved_groups, groups)):
+                if sorted(group["params"]) != sorted(names):
+                    unknown = sorted(set(group["params"]) - set(names)) or sorted(set(names) - set(group["params"]))
+                    raise CheckpointError(f"{source}: optimizer group {index} does not hold this model's "
+                                          f"parameters (e.g. '{unknown[0]}')")
+            positional.append({
+                "state": {positions[name]: value for name, value in saved_state.items()},
+                # This run's order within each group: load_state_dict pairs the lists position by position.
+                "param_groups": [{**group, "params": [positions[name] for name in names]}
+                                 for group, names in zip(saved_groups, groups)]})
+        except (KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{source}: unreadable optimizer state ({type(err).__name__}: {err})") from None
+    return positional
+
+
+def _named_from_positions(saved: Mapping[str, Any], groups: list[list[str]], model: nn.Module,
+                          saved_model_keys: Sequence[str], source: Any) -> dict[str, Any]:
+    """A state keyed by position (an earlier version's last.pt), keyed by name."""
+    why = (f"{source}: its optimizer state is keyed by position (written by an earlier version) "
+           "and does not fit this model's parameters")
+    param_of = dict(model.named_parameters(remove_duplicate=False))  # every alias of a tied parameter
+    written_order: dict[nn.Parameter, int] = {}
+    for key in saved_model_keys:  # the writing model's order: each parameter's first key
+        param = param_of.get(key)
+        if param is not None and param not in written_order:
+            written_order[param] = len(written_order)
+    name_of = {param: name for name, param in model.named_parameters()}
+    position_names, sizes = [], []
+    for names in groups:
+        params = [param_of[name] for name in names]
+        if any(param not in written_order for param in params):
+            raise CheckpointError(f"{why} (the checkpoint's model lacks some of them)")
+        position_names += [name_of[param] for param in sorted(params, key=written_order.__getitem__)]
+        sizes.append(len(names))
+    if [len(group["params"]) for group in saved["param_groups"]] != sizes:
+        raise CheckpointError(f"{why} (its groups hold {[len(g['params']) for g in saved['param_groups']]} "
+                              f"parameters, this run's {sizes})")
+    state = {}
+    for position, value in saved["state"].items():
+        name = position_names[position] if isinstance(position, int) and 0 <= position < len(position_names) else None
+        moments = [v for v in value.values() if isinstance(v, torch.Tensor) and v.dim() > 0] if name else []
+        if name is None or any(tuple(v.shape) != tuple(param_of[name].shape) for v in moments):
+            raise CheckpointError(f"{why} (entry {position})")
+        state[name] = value
+    return {"state": state, "param_groups": [{**group, "params": position_names[sum(sizes[:i]):sum(sizes[:i + 1])]}
+                                             for i, group in enumerate(saved["param_groups"])]}
+
+
+# --------------------------------------------------------------------------------------
 # Adapter checkpoints: one small file per task
 # --------------------------------------------------------------------------------------
 
@@ -703,15 +1119,9 @@ def unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return kept
 
 
-def _renumber_task(key: str, new_index: int | str) -> str:
-    match = modeling.TASK_INDEX_PATTERN.search(key)
-    start, end = match.span(1)
-    return f"{key[:start]}{new_index}{key[end:]}"
-
-
 def task_state_dict(model: BertForMultiTask, task_id: int) -> dict[str, torch.Tensor]:
     """The task's own parameters (adapters, LHUC, modules on top, head) under task index 0."""
-    return {_renumber_task(key, 0): tensor.detach().contiguous().clone()
+    return {modeling.key_for_task(key, 0): tensor.detach().contiguous().clone()
             for key, tensor in unique_state_dict(model).items()
             if modeling.task_of_key(key) == task_id}
 
@@ -722,7 +1132,26 @@ def shared_state_dict(model: BertForMultiTask) -> dict[str, torch.Tensor]:
             if modeling.task_of_key(key) is None}
 
 
-def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike) -> list[Path]:
+# What an adapter file records about the files it belongs with (safetensors metadata, all strings).
+SHARED_BERT_FINGERPRINT = "shared_bert_sha256"  # shared_bert_fingerprint() of the BERT trained beside it
+TRAINED_WITH_KEYS = ("vocab_sha256", "do_lower_case", "max_seq_length")  # given by the trainer
+
+
+def shared_bert_fingerprint(model: BertForMultiTask) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of the shared BERT's tensors
+    (``shared_state_dict``): which shared BERT a task's adapters were trained beside.
+    About 0.2 s for MiniLM's 90 MB on one CPU core."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(shared_state_dict(model).items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+@atomic_group()  # all task files or none: never a half-written set that looks complete
+def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str], folder: PathLike,
+                             trained_with: Mapping[str, Any] | None = None) -> list[Path]:
     """``adapters/<task>.safetensors`` per task.
 
     Each task file carries its metadata (task name, number of labels, the config), so
@@ -730,16 +1159,23 @@ def save_adapter_checkpoints(model: BertForMultiTask, task_names: Sequence[str],
     (``build_model_from_adapters``). The shared BERT is not written again: the run's
     ``best_model.pth`` holds it (earlier versions wrote ``adapters/shared_bert.safetensors``,
     which still loads; ``shared_state_dict`` gives that part for anyone who wants it alone).
+
+    What the adapters belong with is recorded too, so that files which do not belong
+    together are refused: the fingerprint of the shared BERT beside them
+    (``shared_bert_fingerprint``) and ``trained_with`` (``TRAINED_WITH_KEYS``: the
+    vocabulary's ``tokenization.vocab_fingerprint``, lower-casing, max_seq_length).
     """
-    from safetensors.torch import save_file
     folder = Path(folder)
     written = []
     config_json = model.config.to_json_string()
+    provenance = {SHARED_BERT_FINGERPRINT: shared_bert_fingerprint(model)}
+    provenance.update({key: value if isinstance(value, str) else json.dumps(value)  # metadata holds strings
+                       for key, value in (trained_with or {}).items()})
     for task_id, name in enumerate(task_names):
-        metadata = {"task": name, "num_labels": str(model.num_labels[task_id]), "config": config_json}
+        metadata = {"task": name, "num_labels": str(model.num_labels[task_id]), "config": config_json,
+                    **provenance}
         path = folder / f"{name}.safetensors"
-        with atomic_path(path) as temporary:
-            save_file(task_state_dict(model, task_id), str(temporary), metadata=metadata)
+        atomic_save_safetensors(task_state_dict(model, task_id), path, metadata)
         written.append(path)
     return written
 
@@ -774,21 +1210,67 @@ def build_model_from_adapters(shared_bert: PathLike, adapter_files: Sequence[Pat
         if "config" not in metadata or "task" not in metadata:
             raise CheckpointError(f"{path}: not a task adapter checkpoint (no task metadata)")
         configs.append(BertConfig.from_dict(json.loads(metadata["config"])).replace(num_tasks=1))
+        modeling.check_adapter_registered(configs[-1], path)
     for config, (_, path) in zip(configs[1:], adapters[1:]):
         if config != configs[0]:
             raise CheckpointError(f"{path}: built for a different architecture than {adapters[0][1]}")
     task_names = [metadata["task"] for (_, metadata), _ in adapters]
     labels = [int(metadata["num_labels"]) for (_, metadata), _ in adapters]
     model = BertForMultiTask(configs[0].replace(num_tasks=len(adapters)), labels)
-    load_pretrained_weights(model, shared_bert, shared_only=True)
+    files = ", ".join(os.path.basename(os.fspath(path)) for path in adapter_files)
+    load_pretrained_weights(model, shared_bert, shared_only=True, loaded_next_from=f"the adapter files ({files})")
+    _check_shared_bert(model, shared_bert, adapters)
     for task_id, ((tensors, _), path) in enumerate(adapters):
         _load_task_tensors(model, tensors, task_id, path)
     return model, task_names
 
 
+def _check_shared_bert(model: BertForMultiTask, shared_bert: PathLike, adapters) -> None:
+    """Adapters belong to the shared BERT they were trained beside: with another one
+    they give near-random predictions without a word, so that is refused. Files of
+    earlier versions (no fingerprint) are not checked."""
+    recorded = [(metadata[SHARED_BERT_FINGERPRINT], path) for (_, metadata), path in adapters
+                if SHARED_BERT_FINGERPRINT in metadata]
+    if not recorded:
+        return
+    actual = shared_bert_fingerprint(model)
+    for fingerprint, path in recorded:
+        if fingerprint != actual:
+            raise CheckpointError(f"{path}: trained beside another shared BERT (fingerprint {fingerprint[:12]}) "
+                                  f"than {shared_bert} ({actual[:12]}): use the best_model.pth of the run that "
+                                  f"wrote it, and adapter files of that one run")
+
+
+def adapter_trained_with(adapter_files: Sequence[PathLike]) -> dict[str, Any]:
+    """What the adapter files record of their training (``TRAINED_WITH_KEYS``: the
+    vocabulary's fingerprint, lower-casing, max_seq_length), read from their metadata
+    alone; {} for files of earlier versions. Files that disagree are refused."""
+    from safetensors import safe_open
+    found: dict[str, Any] = {}
+    first: dict[str, PathLike] = {}
+    for path in adapter_files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: adapter checkpoint not found") from None
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+        for key in TRAINED_WITH_KEYS:
+            if key not in metadata:
+                continue
+            value = metadata[key] if key == "vocab_sha256" else json.loads(metadata[key])
+            if key in found and found[key] != value:
+                raise CheckpointError(f"{path}: trained with {key} {value}, but {first[key]} with "
+                                      f"{found[key]}: these adapter files do not come from one run")
+            found.setdefault(key, value)
+            first.setdefault(key, path)
+    return found
+
+
 def _load_task_tensors(model: nn.Module, tensors: Mapping[str, torch.Tensor], task_id: int, path) -> None:
     """Load one task's adapter file (keys under task index 0) into task ``task_id``."""
-    expected = {_renumber_task(key, 0): value for key, value in unique_state_dict(model).items()
+    expected = {modeling.key_for_task(key, 0): value for key, value in unique_state_dict(model).items()
                 if modeling.task_of_key(key) == task_id}
     check_state_dict(tensors, expected, path)
-    model.load_state_dict({_renumber_task(key, task_id): tensor for key, tensor in tensors.items()}, strict=False)
+    model.load_state_dict({modeling.key_for_task(key, task_id): tensor for key, tensor in tensors.items()}, strict=False)

@@ -3,12 +3,16 @@ signals, logging, progress reports, --help's layout and the output-folder lock.
 
 A script's ``main`` is ``cli.run_main(run, args)``: it turns SIGINT/SIGTERM into
 ``StopRequested`` (so every atomic write removes its temporary file on the way out),
-prints an expected error (``errors.Error`` or an OSError such as a full disk) as one
-``error:`` line and exits 2, and leaves anything else (a bug) with its traceback.
+prints an expected error (``errors.Error`` or an OSError) as one ``error:`` line and
+exits 2, and leaves anything else (a bug) with its traceback. A file that could not be
+written (a full disk, a file-size limit, an I/O error) is an ``errors.WriteError``
+from checkpointing's atomic writer, whatever library raised it: the line names the
+file, why, and what is intact. A log file that can no longer be written costs one
+``warning:`` line, not a traceback per record.
 
     exit 0            done
-    exit 2            bad input: one line on stderr (--debug or BERT_PALS_DEBUG=1 for
-                      the traceback)
+    exit 2            bad input, or a file that could not be written: one line on
+                      stderr (--debug or BERT_PALS_DEBUG=1 for the traceback)
     exit 128 + N      stopped by signal N (during training after a resumable checkpoint)
 
 The ``error:`` and ``stopped:`` lines also go to the log file if one is set up
@@ -38,15 +42,17 @@ EXIT_BAD_INPUT = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROGRESS_LOGGER = "progress"  # plain progress lines: stderr only, never the log file
 PROGRESS_INTERVAL_SECONDS = 30.0  # without a terminal, one progress line this often
+ASSUMED_TERMINAL_WIDTH = 80  # a terminal stand-in without a file descriptor (tqdm's own default)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """--help keeps the description's line breaks and shows every option's default
-    ("(default: 5e-05)"); defaults that say nothing (None, False) are left out."""
+    ("(default: 5e-05)"); defaults that say nothing (None, False) are left out, and so
+    is the value where the help text already says what the default is."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
             return text
         if not action.option_strings:
             return text
@@ -56,6 +62,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true",
                         help=f"show tracebacks instead of one-line errors (or set {DEBUG_ENVIRONMENT_VARIABLE}=1)")
+
+
+def add_adapter_module_flag(parser) -> None:
+    """--adapter_module FILE: an adapter defined in the user's own Python file
+    (loaded with modeling.load_adapter_module before any model is built)."""
+    parser.add_argument("--adapter_module", metavar="FILE",
+                        help="a Python file that registers an adapter (modeling.register_adapter(name, cls)), "
+                             "which a config selects with \"adapter\": name")
 
 
 def debug_requested(flag: bool = False) -> bool:
@@ -115,19 +129,20 @@ def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespa
             log_to_files(logging.ERROR, error_line(err))
             raise
         return _final_line(error_line(err), EXIT_BAD_INPUT)
-    except StopRequested as stop:
-        return _final_line(f"stopped: {stop}", 128 + int(stop.signal_number))
+    except StopRequested as stop:  # asked for (Ctrl-C, a scheduler's SIGTERM): not an error
+        return _final_line(f"stopped: {stop}", 128 + int(stop.signal_number), logging.WARNING)
     except KeyboardInterrupt:
-        return _final_line("stopped: signal 2; no partial files were left behind", 128 + int(signal.SIGINT))
+        return _final_line("stopped: signal 2; no partial files were left behind", 128 + int(signal.SIGINT),
+                           logging.WARNING)
     except BaseException as err:  # a bug: the traceback goes to stderr as usual, and to the log
         log_to_files(logging.ERROR, f"crashed: {type(err).__name__}: {err}", exc_info=True)
         raise
     return 0
 
 
-def _final_line(line: str, status: int) -> int:
+def _final_line(line: str, status: int, level: int = logging.ERROR) -> int:
     print(line, file=sys.stderr)
-    log_to_files(logging.ERROR, line)
+    log_to_files(level, line)
     return status
 
 
@@ -159,6 +174,37 @@ class TerminalSafeHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class LogFileHandler(logging.FileHandler):
+    """The log file (train.log). When a record cannot be written (the disk is full),
+    logging would print a traceback for it and for every later record; this prints
+    one ``warning:`` line on stderr instead and writes no further records to the file
+    (stderr still gets them)."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)  # a bad record (a format error): logging's own report
+            return
+        if not self.failed:
+            self.failed = True
+            reason = (err.strerror or str(err) or type(err).__name__).lower()
+            print(f"warning: {self.baseFilename}: log lines cannot be written ({reason}); from now on they go "
+                  f"to stderr only", file=sys.stderr)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # flushing what a full disk refused fails again; the file is closed all the same
+            if not self.failed:
+                raise
+
+
 class _NotProgress(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name != PROGRESS_LOGGER
@@ -177,7 +223,7 @@ def setup_logging(log_file: Path | None = None, is_main: bool = True) -> None:
         return
     handlers: list[logging.Handler] = [stderr]
     if is_main:
-        log = logging.FileHandler(log_file, encoding="utf-8")
+        log = LogFileHandler(log_file, encoding="utf-8")
         log.addFilter(_NotProgress())
         handlers.append(log)
     logging.basicConfig(level=level, handlers=handlers, force=True, format=LOG_FORMAT, datefmt="%H:%M:%S")
@@ -192,6 +238,22 @@ def is_terminal(stream: TextIO) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+def terminal_width(stream: TextIO) -> int:
+    """Columns of the terminal ``stream`` writes to; 0 when unknown (not a terminal, or
+    one that reports no size, such as the pseudo-terminal of ``script`` without a
+    window, where a progress bar of width 0 would show nothing at all)."""
+    if not is_terminal(stream):
+        return 0
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, ValueError, OSError):  # a stand-in stream that says it is a terminal
+        return ASSUMED_TERMINAL_WIDTH
+    try:
+        return os.get_terminal_size(descriptor).columns
+    except OSError:
+        return 0
 
 
 def format_duration(seconds: float) -> str:
@@ -212,8 +274,9 @@ class Progress:
     """How far a long loop has come, for every long loop of the scripts (training
     epochs, evaluation, reading tasks, feature extraction).
 
-    On a terminal: a tqdm bar. Anywhere else (stderr redirected to a file, as in every
-    cluster job): no bar and no carriage returns, but one plain line every
+    On a terminal of known width: a tqdm bar. Anywhere else (stderr redirected to a file,
+    as in every cluster job, or a terminal that reports no size): no bar and no
+    carriage returns, but one plain line every
     ``interval`` seconds through the ``progress`` logger, which reaches stderr and not
     train.log::
 
@@ -237,7 +300,7 @@ class Progress:
         self._lines_written = 0
         self._last_count = initial  # the count the last plain line showed
         self._bar = None
-        if enabled and is_terminal(self.stream):
+        if enabled and terminal_width(self.stream) > 0:
             self._bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream,
                              dynamic_ncols=True, leave=False)
 
@@ -315,10 +378,11 @@ class OutputDirLock:
                 raise UsageError(f"{self.path.parent}: another run is using this output folder "
                                  f"(pid {holder}); wait for it or choose another --output_dir") from None
             raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # unbuffered, and only for the message above: a full disk must not stop the run here
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())  # (opened to append: lands at 0)
+        except OSError:
+            pass
         self._handle = handle
         return self
 

@@ -45,8 +45,9 @@ import torch
 
 import checkpointing
 import cli
+from configuration import ARCHITECTURE_FLAGS
 from errors import ConversionError
-from modeling import ARCHITECTURE_FLAGS, BertConfig, BertModel
+from modeling import BertConfig, BertModel
 
 logger = logging.getLogger("convert_tf_checkpoint_to_pytorch")
 
@@ -327,18 +328,19 @@ def output_format(path: str, requested: str | None) -> str:
 
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str, fmt: str) -> None:
     """Write atomically (``checkpointing.atomic_path``: a temporary file in the same
-    folder, flushed to disk, then renamed), so a crash never leaves a partial file."""
+    folder, flushed to disk, then renamed), so a crash never leaves a partial file; a
+    failed write (a full disk) is one ``WriteError`` line."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConversionError(f"{path}: output folder {folder} does not exist")
     if os.path.isdir(path):
         raise ConversionError(f"{path}: is a folder; --pytorch_dump_path must name a file")
-    with checkpointing.atomic_path(path) as temporary:
-        if fmt == "safetensors":
-            from safetensors.torch import save_file
-            save_file(state_dict, str(temporary))
-        else:
-            torch.save(state_dict, temporary)
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+        with checkpointing.atomic_path(path, expected_bytes=checkpointing.serialized_size(state_dict)) as temporary:
+            save_file(state_dict, str(temporary))  # safetensors writes it: no second copy in memory
+    else:
+        checkpointing.atomic_torch_save(state_dict, path)
 
 
 # --------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ This module imports nothing of the project, so every module may import it.
 """
 from __future__ import annotations
 
+import errno as errno_codes
 from pathlib import Path
 
 
@@ -39,6 +40,33 @@ class DataError(Error):
 
 class VocabError(DataError):
     """A vocabulary file that cannot be used."""
+
+
+class WriteError(Error):
+    """A file that could not be written, whatever the cause (a full disk, a file-size
+    limit, an I/O error, lost permission) and whatever raised it (the OS, torch,
+    safetensors). Raised by checkpointing's atomic writer, which names the file, says
+    why, and what is still intact; a caller that knows more (the training loop: which
+    checkpoint can be resumed) replaces ``intact``. The message is one line::
+
+        could not write out/checkpoints/last.pt: no space left on device, about 92 MB
+        needed (3.1 MB free); the checkpoint of step 40 in out/checkpoints/last.pt is
+        intact: free space and add --resume
+    """
+
+    def __init__(self, path: str | Path, reason: str, intact: str, errno: int | None = None):
+        super().__init__(path, reason, intact)
+        self.path = Path(path)
+        self.reason = reason
+        self.intact = intact
+        self.errno = errno  # the cause, where known (ENOSPC, EFBIG ...)
+
+    @property
+    def out_of_space(self) -> bool:
+        return self.errno in (errno_codes.ENOSPC, errno_codes.EDQUOT)
+
+    def __str__(self) -> str:
+        return f"could not write {self.path}: {self.reason}; {self.intact}"
 
 
 class NonFiniteLossError(Error):

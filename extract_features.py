@@ -18,7 +18,8 @@ available).
 Fixed defects of the original: the segment ids of a pair reach the model (the original
 passed none, so B tokens were encoded as segment A), and lower-casing can be turned off
 (``--no_do_lower_case``). For a multi-task checkpoint with adapters, ``--task_id`` picks
-the task whose adapted model's layers are written.
+the task whose adapted model's layers are written: a task name, or its index in the
+'all' order, as run_multi_task.py's ``--task_id``.
 
 Speed: examples are taken in windows (up to 64 batches, or fewer when the buffered
 results would pass 256 MiB); within a window they are sorted by length and each batch
@@ -35,17 +36,26 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 import torch
 
 import cli
+import glue
 import tokenization
-from checkpointing import atomic_text_output, load_pretrained_weights, read_state_dict
+from checkpointing import TASKS_FILE, atomic_text_output, load_pretrained_weights, read_state_dict, read_tasks_file
 from errors import CheckpointError, ConfigError, DataError, UsageError
 from glue import InputExample, InputFeatures, example_to_features, iter_text_lines, split_text_pair
-from modeling import BertConfig, BertModel, task_of_key
+from modeling import (
+    BERT_SUBMODULES,
+    BertConfig,
+    BertModel,
+    check_adapter_registered,
+    load_adapter_module,
+    task_of_key,
+)
 
 logger = logging.getLogger("extract_features")
 
@@ -167,19 +177,42 @@ def infer_num_tasks(state_dict: dict[str, torch.Tensor]) -> int | None:
     return max(tasks) + 1 if tasks else None
 
 
-def resolve_task_id(task_id: int | None, config: BertConfig) -> int:
+def checkpoint_task_names(checkpoint: str) -> list[str] | None:
+    """The task names of a multi-task checkpoint in its task order: the tasks.json beside
+    it (run_multi_task.py writes one beside best_model.pth), or None without one."""
+    folder = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    path = folder / TASKS_FILE
+    return [task["name"] for task in read_tasks_file(path)] if path.is_file() else None
+
+
+def resolve_task_id(task_id: int | str | None, config: BertConfig, task_names: list[str] | None = None) -> int:
+    """The checkpoint's own index of the task ``--task_id`` names: a task name, or an
+    index in the 'all' order (as run_multi_task.py's --task_id), looked up in the
+    checkpoint's task order (``task_names``; without them the 'all' order is assumed,
+    the original's --tasks all)."""
+    n = config.num_tasks
+    order = task_names if task_names is not None else list(glue.ORIGINAL_TASK_ORDER[:n])
     if task_id is None:
-        if config.has_task_modules and config.num_tasks > 1:
-            raise UsageError(f"the checkpoint has {config.num_tasks} tasks with their own adapters; "
-                             f"choose one with --task_id (0..{config.num_tasks - 1})")
+        if config.has_task_modules and n > 1:
+            choices = (", ".join(task_names) if task_names is not None
+                       else f"a task name or its index in the 'all' order: 0..{n - 1}")
+            raise UsageError(f"the checkpoint has {n} tasks with their own adapters; choose one with "
+                             f"--task_id ({choices})")
         return 0
-    if not 0 <= task_id < config.num_tasks:
-        raise UsageError(f"--task_id {task_id} is out of range: the checkpoint has "
-                         f"{config.num_tasks} task(s) (0..{config.num_tasks - 1})")
-    return task_id
+    try:
+        name = glue.task_for_id(task_id)
+    except ValueError as err:
+        raise UsageError(f"--task_id {task_id}: {err}") from None
+    if name not in order:
+        if task_names is not None:
+            raise UsageError(f"--task_id {task_id} ({name}): the checkpoint's tasks are {', '.join(task_names)} "
+                             f"(its {TASKS_FILE})")
+        raise UsageError(f"--task_id {task_id} is out of range ({name}): the checkpoint has {n} task(s) and no "
+                         f"{TASKS_FILE} beside it, so they are taken in the 'all' order: {', '.join(order)}")
+    return order.index(name)
 
 
-def load_model(config: BertConfig, checkpoint: str, task_id: int | None) -> tuple[BertModel, int]:
+def load_model(config: BertConfig, checkpoint: str, task_id: int | str | None) -> tuple[BertModel, int]:
     """BertModel (with the config's adapters) loaded from any supported checkpoint.
 
     Every tensor must come from the checkpoint: an adapter config whose adapters the
@@ -191,14 +224,15 @@ def load_model(config: BertConfig, checkpoint: str, task_id: int | None) -> tupl
         if num_tasks is not None and num_tasks != config.num_tasks:
             logger.info("num_tasks = %d (from the checkpoint; the config says %d)", num_tasks, config.num_tasks)
             config = config.replace(num_tasks=num_tasks)
-    task = resolve_task_id(task_id, config)
+    task = resolve_task_id(task_id, config, checkpoint_task_names(checkpoint) if config.has_task_modules else None)
     model = BertModel(config)
     report = load_pretrained_weights(model, checkpoint, log=logger)
     if report.kept_init:
         raise CheckpointError(f"{checkpoint}: has no weights for {len(report.kept_init)} task-specific "
                               f"tensors of this config (e.g. '{report.kept_init[0]}'); use the "
                               f"checkpoint trained with this config, or a config without adapters")
-    unused_adapters = [k for k in report.ignored if "aug" in k or "mult" in k]
+    # Task-specific tensors of the encoder (not the heads, which BertModel never has).
+    unused_adapters = [k for k in report.ignored if k.startswith(BERT_SUBMODULES) and task_of_key(k) is not None]
     if unused_adapters:
         logger.warning("the checkpoint has %d adapter tensors the config does not use (e.g. '%s'): "
                        "features come from the shared BERT only", len(unused_adapters), unused_adapters[0])
@@ -408,8 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_do_lower_case", "--no-do_lower_case", dest="do_lower_case", action="store_false",
                         help="keep case and accents (for cased models)")
     parser.add_argument("--batch_size", type=int, default=32, help="examples per forward pass")
-    parser.add_argument("--task_id", type=int, default=None,
-                        help="task whose adapters to use, for a multi-task checkpoint with adapters")
+    parser.add_argument("--task_id", type=glue.task_id_argument, default=None,
+                        help="for a multi-task checkpoint with adapters, the task whose adapters to use: a task name, "
+                             "or its index in the 'all' order (cola 0, mrpc 1, mnli 2, rte 3, sts 4, sst 5, qqp 6, "
+                             "qnli 7; as run_multi_task.py), found in the checkpoint's tasks.json (beside it in a run "
+                             "folder; without one the checkpoint's tasks are taken in the 'all' order)")
+    cli.add_adapter_module_flag(parser)
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CPU or CUDA)")
     parser.add_argument("--no_cuda", action="store_true", help="run on the CPU even if CUDA is available")
     parser.add_argument("--local_rank", type=int, default=-1,
@@ -466,7 +504,10 @@ def check_vocabulary(tokenizer: tokenization.FullTokenizer, config: BertConfig, 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.adapter_module:
+        load_adapter_module(args.adapter_module)
     config = BertConfig.from_json_file(args.bert_config_file)
+    check_adapter_registered(config, args.bert_config_file)
     args.layers, args.max_seq_length = resolve_defaults(args, config)
     check_arguments(args, config.max_position_embeddings)
     layer_indexes = parse_layers(args.layers, config.num_hidden_layers)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import logging
 import re
 import warnings
 from collections.abc import Iterator
@@ -26,6 +27,8 @@ import torch
 
 from checkpointing import atomic_write_text
 from errors import DataError
+
+logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------
 # Task registry (spec 3.2, extended with WNLI)
@@ -104,7 +107,7 @@ def resolve_task_names(tasks_arg: str, task_id: int | None = None) -> list[str]:
     if preset == "inf":
         return list(INF_TASK_ORDER)
     if preset == "single":
-        return [_single_task(task_id)]
+        return [task_for_id(task_id)]
     names = [_canonical_task(part) for part in _split_task_list(tasks_arg)]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -112,17 +115,31 @@ def resolve_task_names(tasks_arg: str, task_id: int | None = None) -> list[str]:
     return names
 
 
-def _single_task(task_id: int | None) -> str:
-    """The task at position task_id of the 'all' order (the original's --tasks single)."""
+def task_for_id(task_id: int | str | None) -> str:
+    """What ``--task_id`` names, in every script alike: a task name or alias, or an
+    integer, the position in the 'all' order (cola 0, mrpc 1, mnli 2, rte 3, sts 4,
+    sst 5, qqp 6, qnli 7: the original's --tasks single)."""
     if task_id is None:
         raise ValueError("--tasks single needs a task id")
-    try:
-        index = int(task_id)  # the original's --task_id arrives as a string
-    except ValueError:
-        raise ValueError(f"task id must be an integer, got {task_id!r}") from None
+    text = str(task_id).strip()  # the original's --task_id arrives as a string
+    if not re.fullmatch(r"[+-]?\d+", text):
+        try:
+            return _canonical_task(text)
+        except ValueError:
+            raise ValueError(f"task id must be a task name or an integer (its position in the 'all' "
+                             f"order), got {task_id!r}; valid tasks: {', '.join(TASKS)}") from None
+    index = int(text)
     if not 0 <= index < len(ORIGINAL_TASK_ORDER):
-        raise ValueError(f"task id {task_id} out of range 0..{len(ORIGINAL_TASK_ORDER) - 1}")
+        raise ValueError(f"task id {task_id} out of range 0..{len(ORIGINAL_TASK_ORDER) - 1} (the 'all' order: "
+                         f"{', '.join(f'{i} {name}' for i, name in enumerate(ORIGINAL_TASK_ORDER))})")
     return ORIGINAL_TASK_ORDER[index]
+
+
+def task_id_argument(text: str) -> int | str:
+    """argparse ``type`` of ``--task_id``: an integer stays an integer (as args.json has
+    it), anything else is kept as a task name and checked by ``task_for_id``."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"[+-]?\d+", text) else text
 
 
 def _split_task_list(tasks_arg: str) -> list[str]:
@@ -149,6 +166,16 @@ class InputExample:
     text_b: str | None = None
     label: str | None = None
 
+    # The original extract_features' name of the line index (its InputExample(unique_id,
+    # text_a, text_b) took the same positions).
+    @property
+    def unique_id(self) -> str | int:
+        return self.guid
+
+    @unique_id.setter
+    def unique_id(self, value: str | int) -> None:
+        self.guid = value
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -159,38 +186,51 @@ class _Layout:
     text_b: int | None = None
     label: int | None = None   # None for unlabelled files
     guid_column: int | None = None  # None: guid "<split>-<line index>" as the original
-    header: bool = True
-    drop_other_widths: bool = False  # QQP: silently drop rows with != n_fields (original)
+    header: tuple[str, ...] = ()  # GLUE's header row (its column names); () for a file without one
+    drop_other_widths: bool = False  # QQP: drop rows with != n_fields (the original; counted in a warning)
 
+
+def _columns(text: str) -> tuple[str, ...]:
+    return tuple(text.split(" "))
+
+
+_MNLI_COLUMNS = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse sentence1_parse "
+                 "sentence2_parse sentence1 sentence2")
+_STS_COLUMNS = "index genre filename year old_index source1 source2 sentence1 sentence2"
+_MRPC_COLUMNS = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 
 # Train and dev files: the original's processors (spec 3.3); WNLI as GLUE ships it.
+# CoLA's train and dev files are the only ones without a header row.
 _LABELLED_LAYOUTS = {
-    "cola": _Layout(4, text_a=3, label=1, header=False),
-    "sst": _Layout(2, text_a=0, label=1),
-    "mrpc": _Layout(5, text_a=3, text_b=4, label=0),
-    "sts": _Layout(10, text_a=7, text_b=8, label=-1),
-    "qqp": _Layout(6, text_a=3, text_b=4, label=-1, drop_other_widths=True),
-    "qnli": _Layout(4, text_a=1, text_b=2, label=-1),
-    "rte": _Layout(4, text_a=1, text_b=2, label=-1),
-    "wnli": _Layout(4, text_a=1, text_b=2, label=-1),
+    "cola": _Layout(4, text_a=3, label=1),
+    "sst": _Layout(2, text_a=0, label=1, header=_columns("sentence label")),
+    "mrpc": _Layout(5, text_a=3, text_b=4, label=0, header=_MRPC_COLUMNS),
+    "sts": _Layout(10, text_a=7, text_b=8, label=-1, header=_columns(_STS_COLUMNS + " score")),
+    "qqp": _Layout(6, text_a=3, text_b=4, label=-1, drop_other_widths=True,
+                   header=_columns("id qid1 qid2 question1 question2 is_duplicate")),
+    "qnli": _Layout(4, text_a=1, text_b=2, label=-1, header=_columns("index question sentence label")),
+    "rte": _Layout(4, text_a=1, text_b=2, label=-1, header=_columns("index sentence1 sentence2 label")),
+    "wnli": _Layout(4, text_a=1, text_b=2, label=-1, header=_columns("index sentence1 sentence2 label")),
 }
 # MNLI: train has 12 columns, dev 16 (five annotator labels); guid from column 0.
-_MNLI_TRAIN = _Layout(12, text_a=8, text_b=9, label=-1, guid_column=0)
-_MNLI_DEV = _Layout(16, text_a=8, text_b=9, label=-1, guid_column=0)
+_MNLI_TRAIN = _Layout(12, text_a=8, text_b=9, label=-1, guid_column=0,
+                      header=_columns(_MNLI_COLUMNS + " label1 gold_label"))
+_MNLI_DEV = _Layout(16, text_a=8, text_b=9, label=-1, guid_column=0,
+                    header=_columns(_MNLI_COLUMNS + " label1 label2 label3 label4 label5 gold_label"))
 
 # Test files: a header, the index first (it becomes the guid), no label.
 _TEST_LAYOUTS = {
-    "cola": _Layout(2, text_a=1, guid_column=0),
-    "sst": _Layout(2, text_a=1, guid_column=0),
-    "mrpc": _Layout(5, text_a=3, text_b=4, guid_column=0),
-    "sts": _Layout(9, text_a=7, text_b=8, guid_column=0),
-    "qqp": _Layout(3, text_a=1, text_b=2, guid_column=0),
-    "mnli": _Layout(10, text_a=8, text_b=9, guid_column=0),
-    "qnli": _Layout(3, text_a=1, text_b=2, guid_column=0),
-    "rte": _Layout(3, text_a=1, text_b=2, guid_column=0),
-    "wnli": _Layout(3, text_a=1, text_b=2, guid_column=0),
+    "cola": _Layout(2, text_a=1, guid_column=0, header=_columns("index sentence")),
+    "sst": _Layout(2, text_a=1, guid_column=0, header=_columns("index sentence")),
+    "mrpc": _Layout(5, text_a=3, text_b=4, guid_column=0, header=("index",) + _MRPC_COLUMNS[1:]),
+    "sts": _Layout(9, text_a=7, text_b=8, guid_column=0, header=_columns(_STS_COLUMNS)),
+    "qqp": _Layout(3, text_a=1, text_b=2, guid_column=0, header=_columns("id question1 question2")),
+    "mnli": _Layout(10, text_a=8, text_b=9, guid_column=0, header=_columns(_MNLI_COLUMNS)),
+    "qnli": _Layout(3, text_a=1, text_b=2, guid_column=0, header=_columns("index question sentence")),
+    "rte": _Layout(3, text_a=1, text_b=2, guid_column=0, header=_columns("index sentence1 sentence2")),
+    "wnli": _Layout(3, text_a=1, text_b=2, guid_column=0, header=_columns("index sentence1 sentence2")),
 }
-_DIAGNOSTIC_LAYOUT = _Layout(3, text_a=1, text_b=2, guid_column=0)
+_DIAGNOSTIC_LAYOUT = _Layout(3, text_a=1, text_b=2, guid_column=0, header=_columns("index sentence1 sentence2"))
 
 _MNLI_SPLIT_ALIASES = {"dev": "dev_matched", "test": "test_matched"}
 _MNLI_SPLITS = ("train", "dev_matched", "dev_mismatched", "test_matched",
@@ -269,22 +309,46 @@ def _iter_rows(path: Path, layout: _Layout):
     """Yield (1-based line number, fields) for every data row of a TSV file.
 
     One physical line is one row: with QUOTE_NONE a field can never span lines.
-    Blank lines are skipped; the header (the first line) too when the layout has one.
+    Blank lines are skipped. The first row of a layout with a header must be that
+    header (its column names, any case), else DataError: a file written without it
+    would silently lose its first example.
     """
     text = _read_text(path)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    header_pending = bool(layout.header)
+    dropped: list[int] = []
     for index, row in enumerate(_guard_csv(reader, path)):
-        if (index == 0 and layout.header) or not row:
+        if not row:
+            continue
+        if header_pending:
+            _check_header(row, index + 1, layout, path)
+            header_pending = False
             continue
         if layout.drop_other_widths and len(row) != layout.n_fields:
-            continue  # the original drops malformed QQP rows without a word
+            dropped.append(index + 1)  # the original drops malformed QQP rows (real QQP has some)
+            continue
         if len(row) != layout.n_fields:
             # Too many fields is an error too: with a tab inside a sentence the label
             # column would silently come from the wrong field (the original took it).
             raise DataError(f"{path}:{index + 1}: expected {layout.n_fields} fields, "
                             f"got {len(row)}")
         yield index + 1, row
+    if dropped:
+        logger.warning("%s: skipped %d row(s) without exactly %d fields, as the original did (line%s %s)",
+                       path, len(dropped), layout.n_fields, "s" if len(dropped) > 1 else "",
+                       ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else ""))
+
+
+def _check_header(row: list[str], lineno: int, layout: _Layout, path: Path) -> None:
+    """The header row must name GLUE's columns (compared without case and surrounding spaces)."""
+    if [field.strip().lower() for field in row] == [name.lower() for name in layout.header]:
+        return
+    found = "<TAB>".join(row)
+    found = found if len(found) <= 80 else found[:77] + "..."
+    raise DataError(f"{path}:{lineno}: expected the header row {'<TAB>'.join(layout.header)!r}, found "
+                    f"{found!r}: this file's first line must be GLUE's header (a first example there "
+                    f"would be lost); write the header line above the data")
 
 
 def _guard_csv(reader, path: Path):
@@ -321,8 +385,11 @@ def _check_label(task: str, label: str, path: Path, lineno: int) -> None:
         if _parse_score(label) is None:
             raise DataError(f"{path}:{lineno}: bad STS-B score {label!r} (expected a number in [0, 5])")
     elif label not in spec.labels:
+        hint = ""
+        if task == "cola" and lineno == 1:
+            hint = "; CoLA's train and dev files have no header row"
         raise DataError(f"{path}:{lineno}: unknown label {label!r} for {task} "
-                        f"(expected one of {', '.join(spec.labels)})")
+                        f"(expected one of {', '.join(spec.labels)}){hint}")
 
 
 def _parse_score(text: str) -> float | None:
@@ -346,8 +413,10 @@ def iter_text_lines(path) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) of a UTF-8 file, without line endings.
 
     Lines end at \\n, \\r\\n or \\r, as in Python's text mode (the original read the file
-    in text mode). A line that is not UTF-8 raises DataError naming the file and the
-    line. The file is read lazily, so inputs larger than memory work.
+    in text mode). Blank (or whitespace-only) lines at the end of the file are not
+    yielded: most editors end a file that way. Blank lines between other lines are
+    yielded, for the caller to judge. A line that is not UTF-8 raises DataError naming
+    the file and the line. The file is read lazily, so inputs larger than memory work.
     """
     try:
         handle = open(path, "rb")
@@ -357,6 +426,7 @@ def iter_text_lines(path) -> Iterator[tuple[int, str]]:
         raise DataError(f"{path}: cannot read input file: {err.strerror}") from None
     with handle:
         line_number = 0
+        blank: list[tuple[int, str]] = []  # blank lines seen, yielded once a non-blank line follows
         for raw in handle:
             line_number += 1
             try:
@@ -368,6 +438,11 @@ def iter_text_lines(path) -> Iterator[tuple[int, str]]:
             text = text[:-1] if text.endswith("\r") else text
             # A lone \r is a line break in text mode too.
             for piece in text.split("\r"):
+                if not piece.strip():
+                    blank.append((line_number, piece))
+                    continue
+                yield from blank
+                blank.clear()
                 yield line_number, piece
 
 
@@ -409,6 +484,29 @@ class InputFeatures:
     tokens: list[str] | None = None
     guid: str | int | None = None
     truncated: bool = False  # the example had more tokens than max_seq_length allows
+
+    # The original extract_features' names: unique_id (the line index) and
+    # input_type_ids (the segment ids); input_mask is 1 for every token (features are
+    # not padded here).
+    @property
+    def unique_id(self) -> str | int | None:
+        return self.guid
+
+    @unique_id.setter
+    def unique_id(self, value: str | int | None) -> None:
+        self.guid = value
+
+    @property
+    def input_type_ids(self) -> list[int]:
+        return self.segment_ids
+
+    @input_type_ids.setter
+    def input_type_ids(self, value: list[int]) -> None:
+        self.segment_ids = value
+
+    @property
+    def input_mask(self) -> list[int]:
+        return [1] * len(self.input_ids)
 
 
 def truncate_seq_pair(tokens_a, tokens_b, max_length) -> None:

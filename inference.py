@@ -33,8 +33,9 @@ import torch
 
 import checkpointing
 import glue
+import reports
 import tokenization
-from errors import DataError, UsageError
+from errors import DataError, UsageError, VocabError
 from modeling import BertForMultiTask
 
 logger = logging.getLogger("predict")
@@ -99,29 +100,43 @@ class Predictor:
         Lower-casing and ``max_seq_length`` default to the run's own (its args.json); a
         folder without one lower-cases unless the vocabulary looks cased, and truncates
         at 128. ``options``: ``max_seq_length``, ``batch_size``, ``device``, ``bf16``.
+        The log says which epoch and step the model comes from, and warns when the run
+        has not finished.
         """
         folder = checkpointing.load_model_folder(run_dir)
         trained_with = checkpointing.read_run_arguments(run_dir) or {}
-        if do_lower_case is None and "do_lower_case" in trained_with:
-            do_lower_case = bool(trained_with["do_lower_case"])
+        do_lower_case = _lower_casing(do_lower_case, trained_with, Path(run_dir) / checkpointing.ARGS_FILE)
         if options.get("max_seq_length") is None:
             options["max_seq_length"] = int(trained_with.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
         tokenizer = make_tokenizer(folder.vocab_file, do_lower_case)
         tokenization.check_vocab_fits(tokenizer.vocab, folder.model.config.vocab_size, folder.vocab_file,
                                       folder.config_file)
+        _warn_about_vocabulary(tokenizer, folder.model.config.vocab_size, folder.vocab_file)
+        level, line = describe_run_model(run_dir)
+        logger.log(level, line)
         return cls(folder.model, folder.task_names, tokenizer, **options)
 
     @classmethod
     def from_adapters(cls, shared_bert: str | Path, adapter_files: Sequence[str | Path], vocab_file: str | Path,
                       *, do_lower_case: bool | None = None, **options) -> Predictor:
         """A shared BERT and any set of task adapter files (as run_multi_task.py's
-        ``--init_checkpoint`` with ``--adapter_checkpoints``); task ids follow the files."""
+        ``--init_checkpoint`` with ``--adapter_checkpoints``); task ids follow the files.
+
+        Lower-casing and ``max_seq_length`` default to what the adapter files record of
+        their run (files of earlier versions: as the vocabulary suggests, 128). Adapters
+        trained beside another shared BERT, or with another vocabulary than
+        ``vocab_file``, are refused.
+        """
+        recorded = checkpointing.adapter_trained_with(adapter_files) if adapter_files else {}
+        do_lower_case = _lower_casing(do_lower_case, recorded, adapter_files[0] if adapter_files else None)
         if options.get("max_seq_length") is None:
-            options["max_seq_length"] = DEFAULT_MAX_SEQ_LENGTH
+            options["max_seq_length"] = int(recorded.get("max_seq_length", DEFAULT_MAX_SEQ_LENGTH))
         model, task_names = checkpointing.build_model_from_adapters(shared_bert, list(adapter_files))
         tokenizer = make_tokenizer(vocab_file, do_lower_case)
         tokenization.check_vocab_fits(tokenizer.vocab, model.config.vocab_size, vocab_file,
                                       f"the config of {adapter_files[0]}")
+        check_adapter_vocabulary(tokenizer.vocab, vocab_file, recorded, adapter_files)
+        _warn_about_vocabulary(tokenizer, model.config.vocab_size, vocab_file)
         return cls(model, task_names, tokenizer, **options)
 
     # ---- tasks ----------------------------------------------------------------------
@@ -236,6 +251,71 @@ class Predictor:
         return result
 
 
+def _lower_casing(given: bool | None, recorded: dict, source) -> bool | None:
+    """Lower-casing: as given, else as the run recorded it (None: unknown). Given against
+    the record, it is used, with one warning."""
+    if "do_lower_case" not in recorded:
+        return given
+    trained = bool(recorded["do_lower_case"])
+    if given is not None and given != trained:
+        logger.warning("the model was trained with lower-casing %s (%s); predicting with it %s as asked",
+                       "on" if trained else "off", source, "on" if given else "off")
+        return given
+    return trained
+
+
+def _warn_about_vocabulary(tokenizer: tokenization.FullTokenizer, vocab_size: int, vocab_file) -> None:
+    """What training warns about too: another size than the model's, casing that
+    disagrees with lower-casing."""
+    lower_case = tokenizer.basic_tokenizer.do_lower_case
+    for problem in tokenization.vocabulary_warnings(tokenizer.vocab, vocab_size, lower_case):
+        logger.warning("%s %s (lower-casing %s)", vocab_file, problem, "on" if lower_case else "off")
+
+
+def check_adapter_vocabulary(vocab: dict, vocab_file, recorded: dict, adapter_files: Sequence) -> None:
+    """Refuse a vocabulary other than the one the adapters were trained with: its ids
+    would mean other words, and predictions would change without a word. The record is
+    the adapter files' metadata; for files of earlier versions, the run folder's own
+    vocab.txt when they sit in its adapters/ folder."""
+    expected, source = recorded.get("vocab_sha256"), adapter_files[0] if adapter_files else None
+    if expected is None and adapter_files:
+        run_vocab = Path(adapter_files[0]).resolve().parent.parent / checkpointing.VOCAB_FILE
+        if run_vocab.is_file() and Path(adapter_files[0]).resolve().parent.name == checkpointing.ADAPTER_DIR:
+            expected, source = tokenization.vocab_fingerprint(tokenization.load_vocab(run_vocab)), run_vocab
+    if expected is None:
+        return
+    actual = tokenization.vocab_fingerprint(vocab)
+    if actual != expected:
+        raise VocabError(f"{vocab_file}: not the vocabulary the adapters were trained with (fingerprint "
+                         f"{actual[:12]}, {source} records {expected[:12]}): use the vocab.txt of the run "
+                         f"that wrote them")
+
+
+def describe_run_model(run_dir: str | Path) -> tuple[int, str]:
+    """(log level, line): which epoch and step a run folder's best model comes from and
+    whether the run finished; a warning for a run that has not (stopped, or still
+    training): its best model so far is not what the whole run would give."""
+    run_dir = Path(run_dir)
+    best = reports.read_eval_results(run_dir)
+    if "epoch" in best and "global_step" in best:
+        origin = f"the best model of epoch {best['epoch']} (step {best['global_step']}"
+        if isinstance(best.get("glue_average"), (int, float)):
+            origin += f", GLUE average {best['glue_average']:.4f}"
+        origin += ")"
+    else:
+        origin = f"its {checkpointing.BEST_MODEL_FILE}"
+    finished = checkpointing.read_finished_marker(run_dir)
+    if finished is not None:
+        return logging.INFO, (f"{run_dir}: {origin}; the run finished (step {finished.get('global_step', '?')}, "
+                              f"{finished.get('epochs', '?')} epochs)")
+    if checkpointing.training_checkpoint_path(run_dir).is_file():
+        return logging.WARNING, (f"{run_dir}: the run is unfinished (no {checkpointing.TRAINING_CHECKPOINT_DIR}/"
+                                 f"{checkpointing.FINISHED_FILE}: it was stopped, or is still training): predicting "
+                                 f"with {origin}, its best so far; run_multi_task.py --output_dir {run_dir} --resume "
+                                 f"trains the rest")
+    return logging.INFO, f"{run_dir}: {origin}"
+
+
 def make_tokenizer(vocab_file: str | Path, do_lower_case: bool | None) -> tokenization.FullTokenizer:
     """The WordPiece tokenizer; ``do_lower_case`` None: lower-case unless the vocabulary
     looks cased (``tokenization.vocabulary_casing``)."""
@@ -275,15 +355,20 @@ def read_requests(path: str | Path, predictor: Predictor, tasks: Sequence[str] |
 
     Text: one example per line, ``A ||| B`` or ``A<TAB>B`` a pair (glue.split_text_pair),
     predicted for each of ``tasks``. JSON lines: an object with "text_a", optional
-    "text_b" and optional "task" (used instead of ``tasks``). An empty line, a line that
-    is not UTF-8 or not such an object, or one without a task is a DataError naming the
-    file and line.
+    "text_b" and optional "task" (used instead of ``tasks``). Blank lines at the end of
+    the file are ignored. An empty line between examples, a line that is not UTF-8 or
+    not such an object, or one without a task is a DataError naming the file and line.
     """
     input_format = input_format_of(path, input_format)
     for line_number, line in glue.iter_text_lines(path):
         where = f"{path}:{line_number}"
         if not line.strip():
-            raise DataError(f"{where}: empty line (one example per line)")
+            # Not skipped: each line is one example with results of its own, so a skipped
+            # line would shift the results against the input lines for anyone pairing them
+            # by position (glue.iter_text_lines already leaves out blank lines at the end).
+            raise DataError(f"{where}: empty line between examples: every line is one example with its own "
+                            f"results, and skipping it would shift the results against the input lines; "
+                            f"remove it (blank lines at the end of the file are ignored)")
         if input_format == "jsonl":
             text_a, text_b, line_tasks = _parse_json_line(line, where, predictor)
         else:

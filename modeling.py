@@ -1,7 +1,7 @@
 """BERT with task-specific adapters for multi-task learning ("BERT and PALs").
 
 One BERT is shared by all tasks; each task adds a few parameters of its own and a
-head. The architectures (chosen by flags in ``BertConfig``):
+head. The architectures (chosen by flags in ``BertConfig``, configuration.py):
 
     shared only        plain BERT, one classifier per task
     PALs               mult + pals: a projected attention layer beside every BERT layer,
@@ -14,18 +14,25 @@ head. The architectures (chosen by flags in ``BertConfig``):
     LHUC               lhuc: per-task scaling 2·sigmoid(r) of layer (or adapter) outputs
 
 The adapter beside each layer (mult) or in the Houlsby FFN position comes from the
-registry ``ADAPTERS`` ("pals", "low_rank"; ``register_adapter`` adds more); the config
-key ``adapter`` names one, and without it the ``pals`` flag chooses, as in the original.
+registry ``ADAPTERS`` ("pals", "low_rank"; ``register_adapter`` adds more, also from a
+user's own file: ``load_adapter_module``); the config key ``adapter`` names one, and
+without it the ``pals`` flag chooses, as in the original.
 
-The task index ``i`` (``task_id`` in the heads) is an int, one task for the whole batch
-as in the original, or a LongTensor [B] of per-row task ids for a batch that mixes
-tasks: the shared layers then run once over all rows and each task-specific part runs
-on its own rows (``per_task``, the one place that dispatches rows to tasks).
+Every task-specific part (adapters, LHUC, modules on top, the tied PAL projections,
+heads) is one module per task in a per-task list named in ``TASK_LISTS``; which
+state-dict keys are task-specific, and whose, follows from that (``task_of_key``).
 
-Layout of this file: configuration; BERT blocks; adapters and their registry; one task
-or one per row; layer and encoder; BertModel; heads; which state-dict keys are
-task-specific. The speed kernels (dropout masks and the attention with dropout) live in
-kernels.py and are chosen when a model is built: ``BertModel(config, kernels=Kernels.plain())``.
+The task index ``task_id`` is an int, one task for the whole batch as in the original,
+or a LongTensor [B] of per-row task ids for a batch that mixes tasks: the shared layers
+then run once over all rows and each task-specific part runs on its own rows
+(``per_task``, the one place that dispatches rows to tasks). ``BertModel.forward`` keeps
+the original's name for it, ``i``.
+
+Layout of this file: BERT blocks; adapters and their registry; one task or one per
+row; layer and encoder; BertModel; heads; which state-dict keys are task-specific. The
+configuration is configuration.py (``BertConfig`` is importable from here too). The
+speed kernels (dropout masks and the attention with dropout) live in kernels.py and are
+chosen when a model is built: ``BertModel(config, kernels=Kernels.plain())``.
 
 Shape legend used in comments:
     B  batch size            T  sequence length
@@ -39,259 +46,34 @@ match the original code, so state dicts move between the two with a strict load.
 from __future__ import annotations
 
 import copy
-import dataclasses
+import importlib.util
 import itertools
-import json
 import logging
 import math
 import operator
 import os
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import ConfigError, UsageError
+from configuration import PAL_HEADS, TOP_ATTENTION_HEADS, BertConfig
+from errors import ConfigError, Error, UsageError
 from kernels import Dropout, Kernels, attention, set_kernels
 
 logger = logging.getLogger(__name__)
 
-PAL_HEADS = 6  # heads inside a PAL; hard-coded in the original
-TOP_ATTENTION_HEADS = 12  # heads inside each projected attention block on top
 TOP_ATTENTION_BLOCKS = 6  # projected attention blocks per task on top
 MASK_VALUE = -10000.0  # additive attention mask for padding, as in the original
-
-# Every task-specific parameter name contains one of these substrings (the original's
-# loader and freezing logic rely on 'aug' and 'mult'; LHUC lives under 'multi_lhuc').
-TASK_SPECIFIC_MARKERS = ("aug", "mult")
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """Exact (erf) GELU: x · 0.5 · (1 + erf(x / sqrt(2)))."""
     return F.gelu(x)
-
-
-# --------------------------------------------------------------------------------------
-# Configuration
-# --------------------------------------------------------------------------------------
-
-# Keys of a Hugging Face config.json that carry no meaning for this model.
-_IGNORED_HF_KEYS = {
-    "architectures", "model_type", "transformers_version", "_name_or_path", "pad_token_id",
-    "gradient_checkpointing", "use_cache", "classifier_dropout", "torch_dtype", "dtype",
-    "id2label", "label2id", "problem_type", "output_past", "directionality",
-    "pooler_fc_size", "pooler_num_attention_heads", "pooler_num_fc_layers",
-    "pooler_size_per_head", "pooler_type", "is_decoder", "add_cross_attention",
-}
-
-
-# The config flags that choose the architecture (see the module docstring).
-ARCHITECTURE_FLAGS = ("pals", "mult", "top", "lhuc", "houlsby", "bert_lay_top")
-
-
-@dataclass
-class BertConfig:
-    """Configuration of BertModel and its adapters; every key of the original.
-
-    ``vocab_size`` is the only required value. ``hidden_act`` is stored but the model
-    always uses the erf GELU, as the original did (only "gelu" is accepted).
-    """
-
-    vocab_size: int | None
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 16
-    initializer_range: float = 0.02
-    pals: bool = False  # adapter type: True = PAL, False = low-rank
-    mult: bool = False  # an adapter beside every BERT layer
-    top: bool = False  # task-specific module(s) on top of the encoder
-    lhuc: bool = False  # task-specific LHUC scaling
-    houlsby: bool = False  # adapters inside both sublayers of every layer
-    bert_lay_top: bool = False  # with top: a full BERT layer per task on top
-    num_tasks: int = 1
-    extra_dim: int | None = None  # width of low-rank adapters, if set
-    hidden_size_aug: int = 204  # projected width of PALs / low-rank / top attention
-    layer_norm_eps: float = 1e-12
-    # The adapter (a name in ADAPTERS) beside each layer (mult) or in the Houlsby FFN
-    # position; None: the original's choice, "pals" if pals else "low_rank".
-    adapter: str | None = None
-    # Keys read from a JSON file that are not fields above, kept for a faithful round trip.
-    extra_keys: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self):
-        self.validate()
-
-    # ---- construction ---------------------------------------------------------------
-
-    @classmethod
-    def from_dict(cls, json_object: Mapping[str, Any]) -> BertConfig:
-        """Build a config from a dict (original or Hugging Face ``config.json`` keys)."""
-        if not isinstance(json_object, Mapping):
-            raise ConfigError(f"a config must be a JSON object, got {type(json_object).__name__}")
-        field_names = {f.name for f in dataclasses.fields(cls)} - {"extra_keys"}
-        known = {k: v for k, v in json_object.items() if k in field_names}
-        extra = {k: v for k, v in json_object.items() if k not in field_names}
-        if "vocab_size" not in known:
-            raise ConfigError("missing key 'vocab_size'")
-        _check_hf_keys(extra)
-        return cls(**known, extra_keys=extra)
-
-    @classmethod
-    def from_json_file(cls, json_file: str | os.PathLike) -> BertConfig:
-        """Read a config file; errors name the file."""
-        try:
-            with open(json_file, encoding="utf-8") as reader:
-                data = json.load(reader)
-        except FileNotFoundError:
-            raise ConfigError(f"{json_file}: config file not found") from None
-        except UnicodeDecodeError as err:
-            raise ConfigError(f"{json_file}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{json_file}:{err.lineno}: invalid JSON: {err.msg}") from None
-        except OSError as err:
-            raise ConfigError(f"{json_file}: cannot read config: {err.strerror}") from None
-        try:
-            return cls.from_dict(data)
-        except ConfigError as err:
-            raise ConfigError(f"{json_file}: {err}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every key, for a config.json; ``adapter`` only when set (so an original config
-        writes exactly its original keys)."""
-        output = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        if output["adapter"] is None:
-            del output["adapter"]
-        extra = output.pop("extra_keys")
-        output.update(extra)
-        return output
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-
-    def replace(self, **changes) -> BertConfig:
-        """A validated copy with some fields changed (e.g. ``num_tasks``)."""
-        return dataclasses.replace(self, **changes)
-
-    # ---- derived facts --------------------------------------------------------------
-
-    @property
-    def adapter_name(self) -> str:
-        """The registered adapter beside each layer (mult) or in the Houlsby FFN position."""
-        if self.adapter is not None:
-            return self.adapter
-        return "pals" if self.pals else "low_rank"
-
-    @property
-    def uses_shared_pals(self) -> bool:
-        """PALs whose V_E/V_D are tied across layers (beside layers or in FFN position)."""
-        return self.adapter_name == "pals" and (self.mult or self.houlsby)
-
-    @property
-    def uses_top_attention(self) -> bool:
-        return self.top and not self.bert_lay_top
-
-    @property
-    def has_task_modules(self) -> bool:
-        """Whether any task-specific module sits in the encoder (beyond the heads)."""
-        return self.mult or self.houlsby or self.top or self.lhuc
-
-    def without_adapters(self) -> BertConfig:
-        """The same BERT with no task-specific module: what a pretrained checkpoint holds."""
-        return self.replace(**{flag: False for flag in ARCHITECTURE_FLAGS}, adapter=None)
-
-    @property
-    def low_rank_width(self) -> int:
-        return self.extra_dim if self.extra_dim else self.hidden_size_aug
-
-    # ---- validation -----------------------------------------------------------------
-
-    def validate(self) -> None:
-        """Raise ConfigError (one line, naming the key) for a config the model cannot build."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size",
-                     "num_tasks", "hidden_size_aug"):
-            _require_positive_int(name, getattr(self, name))
-        if self.extra_dim is not None and self.extra_dim != 0:
-            _require_positive_int("extra_dim", self.extra_dim)
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            value = getattr(self, name)
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"'{name}' must be a number in [0, 1), got {value!r}")
-        for name in ("initializer_range", "layer_norm_eps"):
-            value = getattr(self, name)
-            if not _is_number(value) or value <= 0:
-                raise ConfigError(f"'{name}' must be a positive number, got {value!r}")
-        for name in ARCHITECTURE_FLAGS:
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"'{name}' must be true or false, got {getattr(self, name)!r}")
-        if self.hidden_act != "gelu":
-            raise ConfigError(f"'hidden_act' must be \"gelu\" (the model always uses the erf GELU), "
-                              f"got {self.hidden_act!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"'hidden_size' ({self.hidden_size}) is not divisible by "
-                              f"'num_attention_heads' ({self.num_attention_heads})")
-        self._validate_adapter_combination()
-
-    def _validate_adapter_combination(self) -> None:
-        self._validate_adapter_name()
-        if self.mult and self.houlsby:
-            raise ConfigError("'mult' and 'houlsby' cannot both be true: choose adapters beside "
-                              "each layer (mult) or inside both sublayers (houlsby)")
-        if self.bert_lay_top and not self.top:
-            raise ConfigError("'bert_lay_top' needs 'top': true")
-        if self.uses_shared_pals and self.hidden_size_aug % PAL_HEADS:
-            raise ConfigError(f"'hidden_size_aug' ({self.hidden_size_aug}) must be divisible by "
-                              f"{PAL_HEADS}, the number of PAL attention heads")
-        if self.uses_top_attention and self.hidden_size_aug % TOP_ATTENTION_HEADS:
-            raise ConfigError(f"'hidden_size_aug' ({self.hidden_size_aug}) must be divisible by "
-                              f"{TOP_ATTENTION_HEADS}, the number of heads of the attention on top")
-        if self.pals and not (self.mult or self.houlsby):
-            raise ConfigError("'pals' needs 'mult' or 'houlsby': true (PALs sit beside each layer "
-                              "or in the FFN sublayer)")
-
-    def _validate_adapter_name(self) -> None:
-        if self.adapter is None:
-            return
-        if not isinstance(self.adapter, str) or self.adapter not in ADAPTERS:
-            raise ConfigError(f"'adapter' must be a registered adapter ({', '.join(sorted(ADAPTERS))}), "
-                              f"got {self.adapter!r}")
-        if not (self.mult or self.houlsby):
-            raise ConfigError(f"'adapter' ({self.adapter!r}) needs 'mult' or 'houlsby': true (the "
-                              "adapter sits beside each layer or in the FFN sublayer)")
-        if self.pals and self.adapter != "pals":
-            raise ConfigError(f"'pals' is true but 'adapter' is {self.adapter!r}: set one of them")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _require_positive_int(name: str, value) -> None:
-    if value is None:
-        raise ConfigError(f"missing key '{name}'")
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"'{name}' must be a positive integer, got {value!r}")
-
-
-def _check_hf_keys(extra: Mapping[str, Any]) -> None:
-    """Reject Hugging Face settings that would silently change the architecture."""
-    model_type = extra.get("model_type", "bert")
-    if model_type != "bert":
-        raise ConfigError(f"'model_type' is {model_type!r}; only BERT checkpoints are supported")
-    position_type = extra.get("position_embedding_type", "absolute")
-    if position_type != "absolute":
-        raise ConfigError(f"'position_embedding_type' {position_type!r} is not supported "
-                          "(only absolute position embeddings)")
 
 
 # --------------------------------------------------------------------------------------
@@ -352,13 +134,7 @@ class BERTSelfAttention(nn.Module):
 
     def __init__(self, config: BertConfig, multi_params: int | None = None):
         super().__init__()
-        if config.hidden_size % config.num_attention_heads:
-            raise ConfigError(f"hidden_size ({config.hidden_size}) is not divisible by "
-                              f"num_attention_heads ({config.num_attention_heads})")
-        if multi_params is not None:
-            if config.hidden_size_aug % multi_params:
-                raise ConfigError(f"hidden_size_aug ({config.hidden_size_aug}) is not divisible "
-                                  f"by {multi_params} heads")
+        if multi_params is not None:  # the config checked that n divides the width
             self.num_attention_heads = multi_params
             width = config.hidden_size_aug
         else:
@@ -399,18 +175,19 @@ class BERTSelfOutput(nn.Module):
     def __init__(self, config: BertConfig, multi_params=None, houlsby: bool = False):
         super().__init__()
         width = config.hidden_size_aug if multi_params is not None else config.hidden_size
+        if houlsby:
+            # The attention-position adapter is always low-rank (width extra_dim if set).
+            # Built before the dense layer, as the original (construction order, see BERTEncoder).
+            self.multi_layers = task_adapters(config, "low_rank")
         self.dense = nn.Linear(width, width)
         self.LayerNorm = BERTLayerNorm(config, multi_params)
         self.dropout = Dropout(config.hidden_dropout_prob)
         self.houlsby = houlsby
-        if houlsby:
-            # The attention-position adapter is always low-rank (width extra_dim if set).
-            self.multi_layers = task_adapters(config, "low_rank")
 
-    def forward(self, hidden_states, input_tensor, attention_mask=None, i: Task = 0) -> torch.Tensor:
+    def forward(self, hidden_states, input_tensor, attention_mask=None, task_id: Task = 0) -> torch.Tensor:
         hidden_states = self.dropout(self.dense(hidden_states))  # [B, T, H]
         if self.houlsby:
-            hidden_states = hidden_states + per_task(self.multi_layers, i, hidden_states, attention_mask)
+            hidden_states = hidden_states + per_task(self.multi_layers, task_id, hidden_states, attention_mask)
         return self.LayerNorm(hidden_states + input_tensor)  # [B, T, H]
 
 
@@ -422,9 +199,9 @@ class BERTAttention(nn.Module):
         self.self = BERTSelfAttention(config, multi_params)
         self.output = BERTSelfOutput(config, multi_params, houlsby)
 
-    def forward(self, input_tensor, attention_mask, i: Task = 0) -> torch.Tensor:
+    def forward(self, input_tensor, attention_mask, task_id: Task = 0) -> torch.Tensor:
         context = self.self(input_tensor, attention_mask)  # [B, T, H]
-        return self.output(context, input_tensor, attention_mask, i=i)
+        return self.output(context, input_tensor, attention_mask, task_id)
 
 
 class BERTIntermediate(nn.Module):
@@ -455,10 +232,10 @@ class BERTOutput(nn.Module):
         if houlsby:
             self.multi_layers = task_adapters(config, config.adapter_name)
 
-    def forward(self, hidden_states, input_tensor, attention_mask=None, i: Task = 0) -> torch.Tensor:
+    def forward(self, hidden_states, input_tensor, attention_mask=None, task_id: Task = 0) -> torch.Tensor:
         hidden_states = self.dropout(self.dense(hidden_states))  # [B, T, H]
         if self.houlsby:
-            hidden_states = hidden_states + per_task(self.multi_layers, i, input_tensor, attention_mask)
+            hidden_states = hidden_states + per_task(self.multi_layers, task_id, input_tensor, attention_mask)
         return self.LayerNorm(hidden_states + input_tensor)  # [B, T, H]
 
 
@@ -467,8 +244,8 @@ class BERTOutput(nn.Module):
 #
 # An adapter is a module built from the config alone, ``cls(config)``, called as
 # ``adapter(h [B, T, H], attention_mask additive [B, 1, 1, T] or None) -> [B, T, H]``.
-# One is built per task, under ``multi_layers.<task>`` (a name containing "mult", so
-# checkpointing treats its parameters as task-specific). Where it sits:
+# One is built per task, in the per-task list ``multi_layers`` (see TASK_LISTS at the
+# end of this file), so all its parameters belong to that task. Where it sits:
 #   mult      beside the whole layer: out = LN(FFN(a) + a + adapter_i(h)), h = layer input
 #   houlsby   FFN position: LN(o + adapter_i(a) + a), a = FFN input; the attention
 #             position keeps the low-rank adapter: LN(o + low_rank_i(o) + x)
@@ -478,9 +255,9 @@ class BERTOutput(nn.Module):
 class BERTLowRank(nn.Module):
     """Low-rank adapter W_D · gelu(W_E · h): H -> width -> H, width extra_dim if set, else A."""
 
-    def __init__(self, config: BertConfig, extra_dim=None):
+    def __init__(self, config: BertConfig):
         super().__init__()
-        width = config.low_rank_width  # the original ignores the extra_dim argument too
+        width = config.low_rank_width  # config key extra_dim, else hidden_size_aug
         self.aug_dense = nn.Linear(config.hidden_size, width)  # W_E
         self.aug_dense2 = nn.Linear(width, config.hidden_size)  # W_D
 
@@ -497,11 +274,12 @@ class BERTPals(nn.Module):
     matrix (as in the original).
     """
 
-    def __init__(self, config: BertConfig, extra_dim=None):
+    def __init__(self, config: BertConfig):
         super().__init__()
+        # Registered in the original's order: V_E, V_D, then the attention.
         self.aug_dense = nn.Linear(config.hidden_size, config.hidden_size_aug)  # V_E
-        self.attn = BERTSelfAttention(config, PAL_HEADS)
         self.aug_dense2 = nn.Linear(config.hidden_size_aug, config.hidden_size)  # V_D
+        self.attn = BERTSelfAttention(config, PAL_HEADS)
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         projected = self.aug_dense(hidden_states)  # [B, T, A]
@@ -522,42 +300,123 @@ class BERTLhuc(nn.Module):
 
 # name -> adapter class; the config key ``adapter`` picks one (None: the ``pals`` flag).
 ADAPTERS: dict[str, Callable[[BertConfig], nn.Module]] = {"pals": BERTPals, "low_rank": BERTLowRank}
-_BUILT_IN_ADAPTERS = frozenset(ADAPTERS)
+BUILT_IN_ADAPTERS = frozenset(ADAPTERS)
 
 
 def register_adapter(name: str, cls: Callable[[BertConfig], nn.Module]) -> Callable[[BertConfig], nn.Module]:
     """Make ``cls`` available as ``"adapter": name`` in configs; returns ``cls``.
 
-    ``cls(config)`` must build one task's adapter (see the section comment above for
-    the call). Registering the same class again is allowed; another class under a name
-    already taken is a ValueError.
+    Registering declares ``cls`` a per-task module, as PEFT's ``register_peft_method``
+    declares a tuner: the model builds one ``cls(config)`` per task in the per-task list
+    ``multi_layers``, so every parameter of it, whatever its name, is that task's: it
+    trains under --freeze, goes into the task's adapter file and stays out of the shared
+    BERT. ``cls(config)`` must build one task's adapter (see the section comment above
+    for the call). Registering the same class again is allowed; another class under a
+    name already taken is a ConfigError.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"an adapter name must be a non-empty string, got {name!r}")
+        raise ConfigError(f"an adapter name must be a non-empty string, got {name!r}")
     if not callable(cls):
-        raise TypeError(f"adapter {name!r}: {cls!r} is not a class or callable")
+        raise ConfigError(f"adapter {name!r}: {cls!r} is not a class or callable")
     if name in ADAPTERS and ADAPTERS[name] is not cls:
-        owner = "a built-in adapter" if name in _BUILT_IN_ADAPTERS else f"{ADAPTERS[name]!r}"
-        raise ValueError(f"adapter name {name!r} is already registered ({owner})")
+        owner = "a built-in adapter" if name in BUILT_IN_ADAPTERS else f"by {ADAPTERS[name]!r}"
+        raise ConfigError(f"adapter name {name!r} is already registered ({owner}): choose another name")
     ADAPTERS[name] = cls
     return cls
 
 
-def task_adapters(config: BertConfig, name: str) -> nn.ModuleList:
-    """One adapter ``ADAPTERS[name]`` per task."""
+def adapter_class(name: str) -> Callable[[BertConfig], nn.Module]:
+    """The adapter registered as ``name``; a one-line ConfigError naming the registered ones."""
     try:
-        adapter = ADAPTERS[name]
+        return ADAPTERS[name]
     except KeyError:
-        raise ConfigError(f"'adapter' {name!r} is not registered; registered adapters: "
-                          f"{', '.join(sorted(ADAPTERS))}") from None
-    return nn.ModuleList(adapter(config) for _ in range(config.num_tasks))
+        raise ConfigError(f"'adapter' {name!r} is not a registered adapter (registered: "
+                          f"{', '.join(sorted(ADAPTERS))}); an adapter defined in your own file is "
+                          "loaded with --adapter_module FILE") from None
+
+
+def check_adapter_registered(config: BertConfig, source: str | os.PathLike) -> None:
+    """Before a model is built: a ConfigError naming ``source`` (where the config came
+    from) when the config's adapter is not registered."""
+    try:
+        adapter_class(config.adapter_name)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def task_adapters(config: BertConfig, name: str) -> nn.ModuleList:
+    """One adapter ``ADAPTERS[name]`` per task: one built, deep-copied per task (see
+    ``deep_copies``)."""
+    return deep_copies(adapter_class(name)(config), config.num_tasks)
+
+
+def deep_copies(module: nn.Module, count: int) -> nn.ModuleList:
+    """``count`` deep copies of one built module, as the original made every per-task
+    list (and the layers of a model without adapters).
+
+    The copies start equal, and ``init_weights`` then draws every copy's weights anew;
+    what copying keeps is the number of random draws at construction (one module's, not
+    one per copy). With the original's registration order everywhere and one
+    ``init_weights`` over the whole model, a seed gives the original's initial values.
+    """
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(count))
+
+
+# Files imported by load_adapter_module (resolved path -> the adapter names they registered).
+_ADAPTER_MODULES: dict[Path, list[str]] = {}
+
+
+def load_adapter_module(path: str | os.PathLike) -> list[str]:
+    """Import a user's Python file that registers adapters (the scripts' ``--adapter_module``)
+    and return the names it registered, so a config can name one (``"adapter": name``).
+
+    The file calls ``modeling.register_adapter(name, cls)``; it runs once per process
+    (asked again while its adapters are registered, the same names come back). A missing file, a file that fails to import,
+    registers nothing, or takes a name already registered is a one-line UsageError naming
+    the file, and leaves the registry as it was.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"{file}: adapter module not found" if not file.exists()
+                         else f"{file}: the adapter module is not a file")
+    resolved = file.resolve()
+    if resolved in _ADAPTER_MODULES and all(name in ADAPTERS for name in _ADAPTER_MODULES[resolved]):
+        return list(_ADAPTER_MODULES[resolved])  # imported before and still registered
+    module_name = f"_adapter_module_{len(_ADAPTER_MODULES)}_{resolved.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{file}: not a Python file (an adapter module ends in .py)")
+    before = dict(ADAPTERS)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # classes defined in it (dataclasses, pickling) find their module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # the user's code: any failure is reported as one line
+        _restore_registry(before, module_name)
+        if isinstance(err, Error):
+            raise UsageError(f"{file}: {err}") from err
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
+        raise UsageError(f"{file}: cannot import it{where}: {type(err).__name__}: {err}") from err
+    names = [name for name in ADAPTERS if name not in before]
+    if not names:
+        _restore_registry(before, module_name)
+        raise UsageError(f"{file}: registers no adapter (call modeling.register_adapter(name, cls) in it)")
+    _ADAPTER_MODULES[resolved] = names
+    logger.info("adapter module %s registered %s", file, ", ".join(names))
+    return list(names)
+
+
+def _restore_registry(before: dict[str, Callable[[BertConfig], nn.Module]], module_name: str) -> None:
+    ADAPTERS.clear()
+    ADAPTERS.update(before)
+    sys.modules.pop(module_name, None)
 
 
 # --------------------------------------------------------------------------------------
 # One task per batch, or one per row
 #
 # Every task-specific part (adapter, LHUC, module on top, head) is called through
-# ``per_task(parts, i, *inputs)``. With an int ``i`` that is ``parts[i](*inputs)``, the
+# ``per_task(parts, task_id, *inputs)``. With an int that is ``parts[task_id](*inputs)``, the
 # original's call. With ``TaskRows`` (a mixed-task batch) each task's part runs on that
 # task's rows only, and the results are put back in row order; everything shared runs
 # once over all rows.
@@ -586,8 +445,9 @@ class TaskRows:
 Task = int | TaskRows
 
 
-def per_task(parts: nn.ModuleList | Callable[..., torch.Tensor], i: Task, *inputs: torch.Tensor | None) -> torch.Tensor:
-    """``parts[i](*inputs)``, or for a mixed-task batch each task's part on its own rows.
+def per_task(parts: nn.ModuleList | Callable[..., torch.Tensor], task_id: Task,
+             *inputs: torch.Tensor | None) -> torch.Tensor:
+    """``parts[task_id](*inputs)``, or for a mixed-task batch each task's part on its own rows.
 
     ``parts`` is a per-task ModuleList, or a function ``(task, *inputs)``. Inputs are
     [B, ...] tensors (or None, passed on as is); every task's output is [B_t, ...] with
@@ -596,40 +456,40 @@ def per_task(parts: nn.ModuleList | Callable[..., torch.Tensor], i: Task, *input
     def run(task: int, *args):
         return parts[task](*args) if isinstance(parts, nn.ModuleList) else parts(task, *args)
 
-    if not isinstance(i, TaskRows):
-        return run(i, *inputs)
-    if len(i.tasks) == 1:
-        return run(i.tasks[0], *inputs)
+    if not isinstance(task_id, TaskRows):
+        return run(task_id, *inputs)
+    if len(task_id.tasks) == 1:
+        return run(task_id.tasks[0], *inputs)
     outputs = [run(task, *(None if x is None else x[rows] for x in inputs))  # [B_t, ...]
-               for task, rows in zip(i.tasks, i.rows)]
+               for task, rows in zip(task_id.tasks, task_id.rows)]
     grouped = torch.cat(outputs)  # [B, ...], rows grouped by task
-    return grouped if i.restore is None else grouped.index_select(0, i.restore)
+    return grouped if task_id.restore is None else grouped.index_select(0, task_id.restore)
 
 
-def resolve_task(i: int | torch.Tensor | TaskRows, num_tasks: int, batch_size: int) -> Task:
+def resolve_task(task_id: int | torch.Tensor | TaskRows, num_tasks: int, batch_size: int) -> Task:
     """Check a task index: an int in [0, num_tasks), or per-row task ids [B] (TaskRows).
 
     A bad index is a one-line UsageError (ModuleList would raise a bare IndexError, or
     silently take a negative index from the end).
     """
-    if isinstance(i, TaskRows):
-        return i
-    if isinstance(i, torch.Tensor) and i.dim() == 1:
-        if i.dtype.is_floating_point or i.dtype == torch.bool or len(i) != batch_size:
+    if isinstance(task_id, TaskRows):
+        return task_id
+    if isinstance(task_id, torch.Tensor) and task_id.dim() == 1:
+        if task_id.dtype.is_floating_point or task_id.dtype == torch.bool or len(task_id) != batch_size:
             raise UsageError(f"per-row task ids must be an integer tensor of {batch_size} values (one per "
-                             f"row), got {i.dtype} of shape {tuple(i.shape)}")
-        task_ids = i.tolist()
+                             f"row), got {task_id.dtype} of shape {tuple(task_id.shape)}")
+        task_ids = task_id.tolist()
         bad = next((row for row, task in enumerate(task_ids) if not 0 <= task < num_tasks), None)
         if bad is not None:
             raise UsageError(f"task id {task_ids[bad]} (row {bad}) is out of range: the model has "
                              f"{num_tasks} task(s), 0..{num_tasks - 1}")
-        return TaskRows.of(task_ids, i.device)
+        return TaskRows.of(task_ids, task_id.device)
     try:
-        task = operator.index(i)  # an int, a numpy integer or a 0-d integer tensor
+        task = operator.index(task_id)  # an int, a numpy integer or a 0-d integer tensor
     except TypeError:
         task = None
-    if task is None or isinstance(i, bool) or (isinstance(i, torch.Tensor) and i.dim() != 0):
-        raise UsageError(f"a task id must be an int or a 1-D tensor of per-row task ids, got {i!r}")
+    if task is None or isinstance(task_id, bool) or (isinstance(task_id, torch.Tensor) and task_id.dim() != 0):
+        raise UsageError(f"a task id must be an int or a 1-D tensor of per-row task ids, got {task_id!r}")
     if not 0 <= task < num_tasks:
         raise UsageError(f"task id {task} is out of range: the model has {num_tasks} task(s), 0..{num_tasks - 1}")
     return task
@@ -658,23 +518,23 @@ class BERTLayer(nn.Module):
         self.mult = mult
         self.houlsby = houlsby
         if config.lhuc:
-            self.multi_lhuc = nn.ModuleList(BERTLhuc(config) for _ in range(config.num_tasks))
+            self.multi_lhuc = deep_copies(BERTLhuc(config), config.num_tasks)
         if mult:
             self.multi_layers = task_adapters(config, config.adapter_name)
 
-    def forward(self, hidden_states, attention_mask, i: Task = 0) -> torch.Tensor:
-        attention_output = self.attention(hidden_states, attention_mask, i)  # [B, T, H]
+    def forward(self, hidden_states, attention_mask, task_id: Task = 0) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, attention_mask, task_id)  # [B, T, H]
         intermediate_output = self.intermediate(attention_output)  # [B, T, I]
         if self.mult:
-            extra = per_task(self.multi_layers, i, hidden_states, attention_mask)  # [B, T, H], reads the layer input
+            extra = per_task(self.multi_layers, task_id, hidden_states, attention_mask)  # [B, T, H], reads the layer input
             if self.lhuc:
-                extra = per_task(self.multi_lhuc, i, extra)
+                extra = per_task(self.multi_lhuc, task_id, extra)
             return self.output(intermediate_output, attention_output + extra)
         # Houlsby adapters get the task index and mask; with LHUC too, the original took
         # an LHUC branch first that dropped both (task 0's adapter for every task).
-        layer_output = self.output(intermediate_output, attention_output, attention_mask, i)  # [B, T, H]
+        layer_output = self.output(intermediate_output, attention_output, attention_mask, task_id)  # [B, T, H]
         if self.lhuc:
-            layer_output = per_task(self.multi_lhuc, i, layer_output)
+            layer_output = per_task(self.multi_lhuc, task_id, layer_output)
         return layer_output
 
 
@@ -684,27 +544,29 @@ class BERTEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.config = config
-        self.layer = nn.ModuleList(
-            BERTLayer(config, mult=config.mult, houlsby=config.houlsby)
-            for _ in range(config.num_hidden_layers)
-        )
+        # As the original: layers with adapters are built one by one, plain layers
+        # (top, LHUC alone, shared only) as one layer deep-copied.
+        if config.mult or config.houlsby:
+            self.layer = nn.ModuleList(
+                BERTLayer(config, mult=config.mult, houlsby=config.houlsby)
+                for _ in range(config.num_hidden_layers)
+            )
+        else:
+            self.layer = deep_copies(BERTLayer(config), config.num_hidden_layers)
         if config.top:
             self._build_top(config)
         if config.uses_shared_pals:
             self._tie_pal_projections(config)
 
     def _build_top(self, config: BertConfig) -> None:
-        tasks = range(config.num_tasks)
+        tasks = config.num_tasks
         if config.bert_lay_top:
-            self.multi_layers = nn.ModuleList(BERTLayer(config) for _ in tasks)
+            self.multi_layers = deep_copies(BERTLayer(config), tasks)
             return
-        self.mult_dense = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
-        self.mult_dense2 = nn.ModuleList(
-            nn.Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
-        self.multi_layers = nn.ModuleList(
-            nn.ModuleList(BERTAttention(config, TOP_ATTENTION_HEADS) for _ in range(TOP_ATTENTION_BLOCKS))
-            for _ in tasks)
+        self.mult_dense = deep_copies(nn.Linear(config.hidden_size, config.hidden_size_aug), tasks)
+        self.mult_dense2 = deep_copies(nn.Linear(config.hidden_size_aug, config.hidden_size), tasks)
+        blocks = nn.ModuleList(BERTAttention(config, TOP_ATTENTION_HEADS) for _ in range(TOP_ATTENTION_BLOCKS))
+        self.multi_layers = deep_copies(blocks, tasks)
 
     def _tie_pal_projections(self, config: BertConfig) -> None:
         """One V_E and one V_D per task, registered in every layer's PAL (as the original).
@@ -712,38 +574,40 @@ class BERTEncoder(nn.Module):
         The state dict lists each tied tensor once per layer plus once under
         ``mult_aug_dense``; ``parameters()`` yields it once.
         """
-        tasks = range(config.num_tasks)
-        self.mult_aug_dense = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.hidden_size_aug) for _ in tasks)
-        self.mult_aug_dense2 = nn.ModuleList(
-            nn.Linear(config.hidden_size_aug, config.hidden_size) for _ in tasks)
+        tasks = config.num_tasks
+        self.mult_aug_dense = deep_copies(nn.Linear(config.hidden_size, config.hidden_size_aug), tasks)
+        self.mult_aug_dense2 = deep_copies(nn.Linear(config.hidden_size_aug, config.hidden_size), tasks)
+        if config.houlsby:
+            # The original built a third Linear here and never used it: built and dropped,
+            # it draws the same random numbers (no parameters are kept).
+            nn.Linear(config.hidden_size, config.hidden_size_aug)
         for layer in self.layer:
             pals = layer.output.multi_layers if config.houlsby else layer.multi_layers
             for task, pal in enumerate(pals):
                 pal.aug_dense = self.mult_aug_dense[task]
                 pal.aug_dense2 = self.mult_aug_dense2[task]
 
-    def forward(self, hidden_states, attention_mask, i: Task = 0) -> list[torch.Tensor]:
+    def forward(self, hidden_states, attention_mask, task_id: Task = 0) -> list[torch.Tensor]:
         all_encoder_layers = []
         for layer_module in self.layer:
-            hidden_states = layer_module(hidden_states, attention_mask, i)
+            hidden_states = layer_module(hidden_states, attention_mask, task_id)
             all_encoder_layers.append(hidden_states)
         if self.config.top:
             # The task's module on top replaces the last output (no residual to it).
-            all_encoder_layers[-1] = per_task(self._run_top, i, hidden_states, attention_mask)
+            all_encoder_layers[-1] = per_task(self._run_top, task_id, hidden_states, attention_mask)
         return all_encoder_layers
 
-    def _run_top(self, i: int, hidden_states, attention_mask) -> torch.Tensor:
+    def _run_top(self, task_id: int, hidden_states, attention_mask) -> torch.Tensor:
         """Top attention: top_i(h) = D_i · B_i,6(... B_i,1(E_i · h)), each B a 12-head
         attention sublayer over A (with its output matrix, residual and LayerNorm);
         E_i = mult_dense: H -> A, D_i = mult_dense2: A -> H. Or, with bert_lay_top, a
         full BERT layer per task."""
         if self.config.bert_lay_top:
-            return self.multi_layers[i](hidden_states, attention_mask, i)
-        projected = self.mult_dense[i](hidden_states)  # [B, T, A]
-        for block in self.multi_layers[i]:
+            return self.multi_layers[task_id](hidden_states, attention_mask, task_id)
+        projected = self.mult_dense[task_id](hidden_states)  # [B, T, A]
+        for block in self.multi_layers[task_id]:
             projected = block(projected, attention_mask)  # [B, T, A]
-        return self.mult_dense2[i](projected)  # [B, T, H]
+        return self.mult_dense2[task_id](projected)  # [B, T, H]
 
 
 class BERTPooler(nn.Module):
@@ -754,7 +618,7 @@ class BERTPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
-    def forward(self, hidden_states: torch.Tensor, i: Task = 0) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, task_id: Task = 0) -> torch.Tensor:
         first_token = hidden_states[:, 0]  # [B, H]
         return self.activation(self.dense(first_token))
 
@@ -779,7 +643,8 @@ class BertModel(nn.Module):
     """BERT: embeddings, encoder (with adapters) and pooler.
 
     forward(input_ids [B, T], token_type_ids [B, T] or None, attention_mask [B, T] or
-    None, i = task index, or per-row task ids [B]) returns (all_encoder_layers,
+    None, i = the task index or per-row task ids [B]; ``i`` is the original's name for
+    what is ``task_id`` everywhere else) returns (all_encoder_layers,
     pooled_output): a list of num_hidden_layers tensors [B, T, H] (embeddings not
     included) and [B, H].
     ``kernels`` (keyword only) chooses the speed kernels, default ``Kernels()`` (all
@@ -788,7 +653,6 @@ class BertModel(nn.Module):
 
     def __init__(self, config: BertConfig, *, kernels: Kernels | None = None):
         super().__init__()
-        config.validate()
         self.config = config
         self.embeddings = BERTEmbeddings(config)
         self.encoder = BERTEncoder(config)
@@ -797,7 +661,7 @@ class BertModel(nn.Module):
         set_kernels(self, self.kernels)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, i: int | torch.Tensor = 0):
-        i = resolve_task(i, self.config.num_tasks, input_ids.size(0))
+        task_id = resolve_task(i, self.config.num_tasks, input_ids.size(0))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embedding_output = self.embeddings(input_ids, token_type_ids)  # [B, T, H]
@@ -807,8 +671,8 @@ class BertModel(nn.Module):
             mask = None
         else:
             mask = extended_attention_mask(attention_mask, attention_mask_dtype(embedding_output))  # [B, 1, 1, T]
-        all_encoder_layers = self.encoder(embedding_output, mask, i)
-        pooled_output = self.pooler(all_encoder_layers[-1], i)
+        all_encoder_layers = self.encoder(embedding_output, mask, task_id)
+        pooled_output = self.pooler(all_encoder_layers[-1], task_id)
         return all_encoder_layers, pooled_output
 
 
@@ -857,7 +721,6 @@ class _BertHead(nn.Module):
 
     def __init__(self, config: BertConfig, *, kernels: Kernels | None = None):
         super().__init__()
-        config.validate()
         self.config = config
         self.kernels = Kernels() if kernels is None else kernels
         self.bert = BertModel(config, kernels=self.kernels)
@@ -1015,27 +878,48 @@ BertEmbeddings = BERTEmbeddings
 # The submodules of BertModel; a key under none of them (classifier, qa_outputs) is a head.
 BERT_SUBMODULES = ("embeddings.", "encoder.", "pooler.")
 
+# The model's task-specific structure: every task-specific part is one module per task
+# in a ModuleList under one of these names (the original's, kept by the state-dict
+# keys), element t belonging to task t. Nothing else is task-specific but the heads.
+TASK_LISTS = (
+    "multi_layers",  # adapters (built-in and registered), the blocks or BERT layer on top
+    "multi_lhuc",  # LHUC
+    "mult_aug_dense", "mult_aug_dense2",  # the PALs' V_E, V_D (one per task, tied across layers)
+    "mult_dense", "mult_dense2",  # E and D of the attention on top
+    "classifier",  # BertForMultiTask's heads
+)
 
-def is_task_specific(key: str) -> bool:
-    """Adapters, LHUC, modules on top and heads: parameters a BERT checkpoint lacks."""
-    bare = key[len("bert."):] if key.startswith("bert.") else key
-    if not bare.startswith(BERT_SUBMODULES):
-        return True  # classifier, qa_outputs ...
-    return any(marker in bare for marker in TASK_SPECIFIC_MARKERS)
 
+def split_task_key(key: str) -> tuple[str, int, str] | None:
+    """(per-task list, task, rest) of a state-dict key inside a per-task part, else None.
 
-TASK_INDEX_PATTERN = re.compile(r"(?:multi_layers|multi_lhuc|mult_aug_dense2?|mult_dense2?|classifier)\.(\d+)")
+    ``bert.encoder.layer.3.multi_layers.1.attn.query.weight`` ->
+    ``("bert.encoder.layer.3.multi_layers", 1, "attn.query.weight")``. The first per-task
+    list on the key's path decides (a task's part may hold lists of its own).
+    """
+    parts = key.split(".")
+    for n in range(len(parts) - 1):
+        if parts[n] in TASK_LISTS and parts[n + 1].isdigit():
+            return ".".join(parts[:n + 1]), int(parts[n + 1]), ".".join(parts[n + 2:])
+    return None
 
 
 def task_of_key(key: str) -> int | None:
-    """The task a state-dict key belongs to, or None for shared BERT weights.
+    """The task a state-dict key belongs to, or None for shared BERT weights."""
+    found = split_task_key(key)
+    return None if found is None else found[1]
 
-    Every task-specific module sits in a per-task ModuleList (``multi_layers``,
-    ``multi_lhuc``, ``mult_aug_dense(2)``, ``mult_dense(2)``, ``classifier``); the
-    index right after that name is the task.
-    """
-    match = TASK_INDEX_PATTERN.search(key)
-    return int(match.group(1)) if match else None
+
+def key_for_task(key: str, task_id: int) -> str:
+    """The same parameter of another task (adapter files keep each task under index 0)."""
+    path, _, rest = split_task_key(key)
+    return f"{path}.{task_id}.{rest}" if rest else f"{path}.{task_id}"
+
+
+def is_task_specific(key: str) -> bool:
+    """Adapters, LHUC, modules on top and heads: parameters a BERT checkpoint lacks."""
+    bare = key.removeprefix("bert.")
+    return not bare.startswith(BERT_SUBMODULES) or task_of_key(bare) is not None
 
 
 def count_parameters(model: nn.Module) -> int:

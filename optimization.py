@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -111,6 +111,13 @@ class BERTAdam(Optimizer):
             moments decayed, weight decay shrank it, its step counter advanced). With
             this flag, a parameter that has optimizer state and a None gradient is
             updated with a zero gradient. One that never had a gradient is skipped.
+        bias_correction: divide the moments by ``1 - b1^t`` and ``1 - b2^t`` (``t`` the
+            parameter's own step count, from 1), as Adam and AdamW do. Off in BERT's rule
+            (the default here): early updates are then up to ~7x larger than the learning
+            rate says (m/sqrt(v) starts at (1 - b1) / sqrt(1 - b2) = 3.2 and peaks near
+            step 10), which on small tasks can push a run into predicting one class
+            (Mosbach et al. 2021, Zhang et al. 2021). run_multi_task.py turns it on by
+            default and off under --replicate_original.
         fused: False: the plain update (``_update``), the reference. True: PyTorch's
             fused AdamW kernel through the public ``torch.optim.adamw.adamw``, with bias
             correction cancelled (see ``_fused_update``); an error where it does not
@@ -137,6 +144,7 @@ class BERTAdam(Optimizer):
         weight_decay_rate: float = 0.01,
         max_grad_norm: float = 1.0,
         zero_grad_updates: bool = False,
+        bias_correction: bool = False,
         fused: bool | None = None,
     ) -> None:
         if fused not in (None, True, False):
@@ -144,7 +152,7 @@ class BERTAdam(Optimizer):
         self.fused = fused
         defaults = dict(lr=lr, schedule=schedule, warmup=warmup, t_total=t_total, b1=b1, b2=b2, e=e,
                         weight_decay_rate=weight_decay_rate, max_grad_norm=max_grad_norm,
-                        zero_grad_updates=zero_grad_updates)
+                        zero_grad_updates=zero_grad_updates, bias_correction=bias_correction)
         _validate_options(defaults)  # even if every group overrides them
         super().__init__(params, defaults)
 
@@ -153,6 +161,13 @@ class BERTAdam(Optimizer):
         _validate_options({**self.defaults, **param_group})
         super().add_param_group(param_group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, and a state written before ``bias_correction`` existed keeps the rule
+        it was written under: none."""
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group.setdefault("bias_correction", False)
+
     @staticmethod
     def _scheduled_lr(group: dict[str, Any], step: int) -> float:
         """``lr * schedule(step / t_total, warmup)``, or ``lr`` when ``t_total`` is -1."""
@@ -160,12 +175,14 @@ class BERTAdam(Optimizer):
             return group["lr"]
         return group["lr"] * SCHEDULES[group["schedule"]](step / group["t_total"], group["warmup"])
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self, groups: Sequence[dict[str, Any]] | None = None) -> list[float]:
         """The scheduled learning rate of every parameter with state, in group order, at
         its current step counter; ``[0]`` before any update. (The original returned
-        ``[0]`` as soon as it met a parameter without state, e.g. a frozen one.)"""
+        ``[0]`` as soon as it met a parameter without state, e.g. a frozen one.)
+        ``groups``: only these parameter groups (default all)."""
         lrs = [self._scheduled_lr(group, self.state[p]["step"])
-               for group in self.param_groups for p in group["params"] if self.state[p]]
+               for group in (self.param_groups if groups is None else groups)
+               for p in group["params"] if self.state[p]]
         return lrs or [0]
 
     @torch.no_grad()
@@ -208,8 +225,11 @@ class BERTAdam(Optimizer):
         next_m, next_v = state["next_m"], state["next_v"]
         next_m.mul_(b1).add_(grad, alpha=1 - b1)
         next_v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        # Unlike AdamW, as BERT was trained: no bias correction, e outside the sqrt.
-        update = next_m / (next_v.sqrt() + group["e"])
+        if group["bias_correction"]:  # Adam's: the moments as averages from the first step on
+            t = state["step"] + 1
+            update = (next_m / (1 - b1 ** t)) / ((next_v / (1 - b2 ** t)).sqrt() + group["e"])
+        else:  # as BERT was trained: no bias correction; e outside the sqrt either way
+            update = next_m / (next_v.sqrt() + group["e"])
         if group["weight_decay_rate"] > 0.0:
             update += group["weight_decay_rate"] * p
         # The counter before incrementing: every parameter's first update is at progress 0.
@@ -237,17 +257,21 @@ class BERTAdam(Optimizer):
         and with step 2^30 and b < 1 - 4e-8, b^step < 2^-54, so 1 - b^step rounds to
         exactly 1 in float64: both bias corrections are 1, and this is BERTAdam's
         ``p - lr (m / (sqrt(v) + e) + wd p)``. (``adamw`` first adds 1 to each count,
-        which 2^30 absorbs in float32.) The learning rate follows each parameter's own
-        counter, hence one call per counter value (almost always one).
+        which 2^30 absorbs in float32.) With ``bias_correction`` the count is the
+        parameter's own step (``adamw`` adds the 1), and the kernel's formula is the plain
+        update's. The learning rate follows each parameter's own counter, hence one call
+        per counter value (almost always one).
         """
         by_step: dict[tuple[int, torch.device], list] = {}
         for p, grad, state in updates:
             by_step.setdefault((state["step"], p.device), []).append((p, grad, state))
         for (step, device), items in by_step.items():
-            count = torch.full((), _NO_BIAS_CORRECTION_STEP, dtype=torch.float32, device=device)
+            # One count tensor per parameter: the kernel adds 1 to each in place.
+            count = float(step) if group["bias_correction"] else _NO_BIAS_CORRECTION_STEP
+            counts = [torch.full((), count, dtype=torch.float32, device=device) for _ in items]
             adamw([p for p, _, _ in items], [grad for _, grad, _ in items],
                   [state["next_m"] for _, _, state in items], [state["next_v"] for _, _, state in items],
-                  [], [count] * len(items), fused=True, amsgrad=False, beta1=group["b1"],
+                  [], counts, fused=True, amsgrad=False, beta1=group["b1"],
                   beta2=group["b2"], lr=self._scheduled_lr(group, step),
                   weight_decay=group["weight_decay_rate"], eps=group["e"], maximize=False)
             for _, _, state in items:

@@ -17,10 +17,11 @@ Output: one JSON object per input line and task, in input order::
 
     {"line": 1, "task": "rte", "label": "entailment",
      "probabilities": {"not_entailment": 0.1, "entailment": 0.9}}
-    {"line": 2, "task": "sts", "label": "3.210", "score": 3.2104}
+    {"line": 2, "task": "sts", "label": "3.210", "score": 3.21}
 
 with "truncated": true when the line was cut to --max_seq_length tokens (counted in one
-warning). --output_file - writes to standard output; a file appears under its name only
+warning). Probabilities and scores are rounded to 3 decimals (--full_precision: as
+computed). --output_file - writes to standard output; a file appears under its name only
 when complete. The logic lives in inference.py (Predictor, read_requests).
 """
 from __future__ import annotations
@@ -36,15 +37,17 @@ from collections.abc import Sequence
 import checkpointing
 import cli
 import inference
+import modeling
 from errors import DataError, UsageError
 from inference import Predictor
 
 logger = logging.getLogger("predict")
 
+DECIMALS = 3  # probabilities and scores in the output, unless --full_precision
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
     model = parser.add_argument_group("the model")
     model.add_argument("--model_dir", help="output folder of run_multi_task.py (best_model.pth, config.json, "
                                            "vocab.txt, tasks.json)")
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(with --init_checkpoint and --vocab_file)")
     model.add_argument("--init_checkpoint", help="with --adapter_checkpoints: the shared BERT")
     model.add_argument("--vocab_file", help="with --adapter_checkpoints: the WordPiece vocabulary")
+    cli.add_adapter_module_flag(model)
     data = parser.add_argument_group("input and output")
     data.add_argument("--input_file", required=True,
                       help="UTF-8, one example per line ('A ||| B' or 'A<TAB>B' for a pair), or JSON lines")
@@ -60,10 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--output_file", required=True, help="JSON lines, one per input line and task ('-': stdout)")
     data.add_argument("--task", help="task(s) to predict: one, a comma list, or 'all' (every task of the model); "
                                      "JSON lines may name their own")
+    data.add_argument("--full_precision", action="store_true",
+                      help="write probabilities and scores as computed (default: rounded to %d decimals)"
+                           % DECIMALS)
     run_options = parser.add_argument_group("how to run")
     run_options.add_argument("--max_seq_length", type=int,
                              help="longer inputs are truncated (pairs: the longer sentence first), as in training "
-                                  "(default: the run's own, from its args.json; else 128)")
+                                  "(default: the training run's own value, from its args.json or what the adapter "
+                                  "files record; 128 for files of earlier versions)")
     run_options.add_argument("--batch_size", type=int, default=32, help="rows per forward pass")
     run_options.add_argument("--do_lower_case", action="store_const", const=True, default=None,
                              help="lower-case and strip accents (default: as the run did, from its args.json; "
@@ -77,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_predictor(args: argparse.Namespace) -> Predictor:
+    if args.adapter_module:
+        modeling.load_adapter_module(args.adapter_module)
     options = dict(max_seq_length=args.max_seq_length, batch_size=args.batch_size, bf16=args.bf16,
                    device="cpu" if args.no_cuda else None, do_lower_case=args.do_lower_case)
     if args.adapter_checkpoints:
@@ -108,10 +118,15 @@ def run(args: argparse.Namespace) -> int:
     def requests():
         return inference.read_requests(args.input_file, predictor, tasks, args.input_format)
 
-    total = sum(1 for _ in requests())  # every line is checked before any output is written
+    # Every line is checked before any output is written; JSON lines may name their own tasks.
+    total, requested = 0, {}
+    for _, request in requests():
+        total += 1
+        requested[request.task] = True
     if total == 0:
         raise DataError(f"{args.input_file}: input file is empty: nothing to predict")
-    logger.info("tasks %s; device %s; %d predictions", ", ".join(predictor.task_names), predictor.device, total)
+    logger.info("tasks %s (the model has %s); device %s; %d predictions", ", ".join(requested),
+                ", ".join(predictor.task_names), predictor.device, total)
     truncated_lines: list[int] = []
     with output_stream(args.output_file) as stream, \
             cli.Progress(total=total, unit="prediction", desc="predicting") as progress:
@@ -120,12 +135,26 @@ def run(args: argparse.Namespace) -> int:
         for (line, _), result in zip(numbered, results):
             if result.get("truncated") and truncated_lines[-1:] != [line]:
                 truncated_lines.append(line)
+            if not args.full_precision:
+                result = rounded(result)
             stream.write(json.dumps({"line": line, **result}) + "\n")
     warning = inference.truncation_warning(truncated_lines, predictor.max_seq_length)
     if warning:
         logger.warning(warning)
-    logger.info("wrote %d predictions to %s", total, args.output_file)
+    logger.info("wrote %d predictions to %s", total,
+                "standard output" if args.output_file == "-" else args.output_file)
     return total
+
+
+def rounded(result: dict) -> dict:
+    """A result with its probabilities and score rounded to DECIMALS (what a person reads;
+    the label is chosen from the unrounded logits)."""
+    result = dict(result)
+    if "probabilities" in result:
+        result["probabilities"] = {label: round(p, DECIMALS) for label, p in result["probabilities"].items()}
+    if "score" in result:
+        result["score"] = round(result["score"], DECIMALS)
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:

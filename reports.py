@@ -80,13 +80,15 @@ def plot_training_curves(history: Sequence[dict[str, Any]], probabilities: Seque
 def training_curves_figure(history: Sequence[dict[str, Any]], probabilities: Sequence[Sequence[float]],
                            task_names: Sequence[str]):
     """Three panels per epoch: the dev score of each task (MCC and Pearson can go below
-    0), each task's mean training loss, and the task sampling probabilities."""
+    0), each task's mean training loss, and the task sampling probabilities. A task has
+    one colour in all three, so one legend below the panels serves them all (a legend
+    inside a panel would cover its points)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = {name: plt.cm.tab10(index % 10) for index, name in enumerate(task_names)}
-    figure, (scores, losses, sampling) = plt.subplots(1, 3, figsize=(17, 4.5))
+    figure, (scores, losses, sampling) = plt.subplots(1, 3, figsize=(17, 5), layout="constrained")
     for key in dict.fromkeys(r["task"] for r in history):
         points = [(r["epoch"], r["score"]) for r in history if r["task"] == key]
         task = "mnli" if key == "mnli-mm" else key  # MNLI mismatched: dashed, MNLI's colour
@@ -104,12 +106,15 @@ def training_curves_figure(history: Sequence[dict[str, Any]], probabilities: Seq
         for index, name in enumerate(task_names):
             sampling.plot(range(len(probs)), probs[:, index], marker=".", label=name, color=colours[name])
     sampling.set(title="task sampling probability", xlabel="epoch", ylabel="probability")
+    entries: dict[str, Any] = {}  # label -> line, the first panel's first
     for axis in (scores, losses, sampling):
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=8)
-    figure.tight_layout()
+        for handle, label in zip(*axis.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        figure.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=len(entries),
+                      fontsize=9, frameon=False)
     return figure
 
 

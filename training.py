@@ -38,8 +38,17 @@ import checkpointing
 import cli
 import glue
 import reports
-from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError
-from modeling import BertConfig, BertForMultiTask, standard_layer_norm_init
+from errors import CheckpointError, NonFiniteLossError, StopRequested, UsageError, WriteError
+from kernels import Kernels
+from modeling import (
+    BertConfig,
+    BertForMultiTask,
+    BERTLayerNorm,
+    BERTPals,
+    is_task_specific,
+    standard_layer_norm_init,
+    task_of_key,
+)
 from optimization import BERTAdam
 
 logger = logging.getLogger("run_multi_task")
@@ -47,8 +56,6 @@ logger = logging.getLogger("run_multi_task")
 ORIGINAL_STEPS_PER_TASK = 300  # optimizer steps per epoch per task in the original
 ORIGINAL_EVAL_BATCH_SIZE = 8
 SPLIT_OPTIMIZER_LR = 3e-4  # the original's hard-coded LR for PAL attention under --optim
-NO_DECAY_MARKERS = ("bias", "gamma", "beta")
-FREEZE_KEEP_MARKERS = ("aug", "classifier", "mult", "gamma", "beta")
 
 # Settings a resumed run must share with the checkpoint, or it would silently end
 # somewhere an uninterrupted run would not (flag name for the message -> attribute).
@@ -62,6 +69,8 @@ RESUME_INVARIANT_SETTINGS = {
     "--skip_unsampled_updates": "skip_unsampled_updates", "--bf16": "bf16", "--fp16": "fp16",
     "--do_lower_case": "do_lower_case", "--freeze": "freeze", "--layer_norm_init": "layer_norm_init",
     "--no_group_by_length": "group_by_length",
+    "--no_bias_correction": "bias_correction", "--task_learning_rate": "task_learning_rate",
+    "--no_scale_regression": "scale_regression",
     # the files' contents, not their paths (a moved file is the same file)
     "--vocab_file": "vocab_sha256", "--bert_config_file": "config_sha256",
 }
@@ -134,28 +143,46 @@ class BatchStream:
 
     With ``replay_first_pass`` (the original's ``itertools.cycle``), the first pass's
     batches, the last one partial, are replayed in the same order forever.
+
+    With ``torch_sampler`` as well (``--replicate_original``), that first pass is the
+    original's ``DataLoader(RandomSampler)``, drawn from torch's global generator at the
+    moments the original drew: the stream is built where the original called
+    ``iter(DataLoader)``, which draws one int64 (the workers' base seed, unused here);
+    the task's first batch draws the sampler's seed, and the pass is
+    ``torch.randperm(n)`` of a generator seeded with it. That seed joins the state.
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, task_id: int,
-                 replay_first_pass: bool = False, lengths: Sequence[int] | None = None):
+                 replay_first_pass: bool = False, lengths: Sequence[int] | None = None,
+                 torch_sampler: bool = False):
         if num_examples < 1:
             raise UsageError(f"task {task_id} has no training examples")
         if lengths is not None and len(lengths) != num_examples:
             raise ValueError(f"{len(lengths)} lengths for {num_examples} examples")
+        if torch_sampler and (lengths is not None or not replay_first_pass):
+            raise ValueError("torch_sampler is the original's plain shuffle, replayed: it needs "
+                             "replay_first_pass and no lengths")
         self.num_examples = num_examples
         self.batch_size = batch_size
         self.seed = seed
         self.task_id = task_id
         self.replay_first_pass = replay_first_pass
         self.lengths = None if lengths is None else np.asarray(lengths)
+        self.torch_sampler = torch_sampler
+        self.sampler_seed: int | None = None  # (torch_sampler) drawn at the task's first batch
         self.batches_drawn = 0
         self._cached_pass: int | None = None
         self._cached_order: np.ndarray | None = None
+        if torch_sampler:
+            _draw_torch_int64()  # what iter(DataLoader(...)) draws: its base seed
 
     def _pass_order(self, pass_index: int) -> np.ndarray:
         if self._cached_pass != pass_index:
             rng = np.random.default_rng([self.seed, self.task_id, pass_index])
-            if self.lengths is None:
+            if self.torch_sampler:  # (replayed: only pass 0 is ever asked for)
+                generator = torch.Generator().manual_seed(self.draw_sampler_seed())
+                self._cached_order = torch.randperm(self.num_examples, generator=generator).numpy()
+            elif self.lengths is None:
                 self._cached_order = rng.permutation(self.num_examples)
             else:
                 # The pass starts at example position pass_index * num_examples of the
@@ -164,6 +191,13 @@ class BatchStream:
                 self._cached_order = glue.length_grouped_pass(self.lengths, self.batch_size, rng, head)
             self._cached_pass = pass_index
         return self._cached_order
+
+    def draw_sampler_seed(self) -> int:
+        """(torch_sampler) The sampler's seed, drawn from torch's global generator the
+        first time, as RandomSampler.__iter__ draws it at the task's first batch."""
+        if self.sampler_seed is None:
+            self.sampler_seed = _draw_torch_int64()
+        return self.sampler_seed
 
     def next_indices(self) -> np.ndarray:
         """Indices of the next batch (global, before sharding across ranks)."""
@@ -183,11 +217,26 @@ class BatchStream:
             start += take
         return np.concatenate(chunks)
 
-    def state_dict(self) -> dict[str, int]:
-        return {"batches_drawn": self.batches_drawn}
+    def state_dict(self) -> dict[str, int | None]:
+        state = {"batches_drawn": self.batches_drawn}
+        if self.torch_sampler:
+            state["sampler_seed"] = self.sampler_seed  # None before the task's first batch
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.batches_drawn = int(state["batches_drawn"])
+    def load_state_dict(self, state: dict[str, int | None]) -> None:
+        batches_drawn = int(state["batches_drawn"])
+        if self.torch_sampler and batches_drawn and state.get("sampler_seed") is None:
+            # A checkpoint of an earlier version, whose batches came from NumPy.
+            raise ValueError(f"task {self.task_id}'s batches were not drawn in the original's DataLoader "
+                             "order (a checkpoint of a version before --replicate_original drew it from torch)")
+        self.batches_drawn = batches_drawn
+        self.sampler_seed = None if state.get("sampler_seed") is None else int(state["sampler_seed"])
+        self._cached_pass = self._cached_order = None
+
+
+def _draw_torch_int64() -> int:
+    """One int64 from torch's global generator, drawn as DataLoader and RandomSampler draw it."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
 
 
 # --------------------------------------------------------------------------------------
@@ -272,14 +321,18 @@ LAYER_NORM_INITS = ("original", "standard")
 
 
 def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: str | None,
-                freeze: bool, layer_norm_init: str = "original") -> BertForMultiTask:
+                freeze: bool, layer_norm_init: str = "original", kernels: Kernels | None = None,
+                loaded_next_from: str | None = None) -> BertForMultiTask:
     """BertForMultiTask with pretrained BERT weights (adapters and heads keep their init).
 
     ``layer_norm_init`` "standard" starts the LayerNorms no checkpoint overwrites at
-    gamma 1, beta 0 instead of the original's N(0, 0.02) for both.
+    gamma 1, beta 0 instead of the original's N(0, 0.02) for both. ``kernels``: the
+    model's speed kernels (default all fast; ``Kernels.plain()``: torch's dropout).
+    ``loaded_next_from``: where the caller loads the task modules from next (the log
+    line says so).
     """
     config = config.replace(num_tasks=len(task_names))
-    model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names])
+    model = BertForMultiTask(config, [glue.TASKS[name].num_labels for name in task_names], kernels=kernels)
     if layer_norm_init == "standard":
         standard_layer_norm_init(model)
     elif config.top:
@@ -287,52 +340,119 @@ def build_model(config: BertConfig, task_names: Sequence[str], init_checkpoint: 
                        "their outputs start near zero and short runs may not learn; "
                        "--layer_norm_init standard starts them at gamma 1, beta 0", config.initializer_range)
     if init_checkpoint:
-        checkpointing.load_pretrained_weights(model, init_checkpoint, log=logger)
+        checkpointing.load_pretrained_weights(model, init_checkpoint, log=logger, loaded_next_from=loaded_next_from)
     if freeze:
         freeze_shared_bert(model)
     return model
 
 
 def freeze_shared_bert(model: BertForMultiTask) -> int:
-    """The original's --freeze: train only adapters, LayerNorms and heads. Returns the count frozen."""
+    """The original's --freeze: train only the task-specific parts (modeling.TASK_LISTS:
+    adapters, LHUC, modules on top; the heads are outside ``bert``) and the LayerNorms.
+    Returns the count frozen."""
+    layer_norms = layer_norm_parameters(model.bert)
     frozen = 0
     for name, param in model.bert.named_parameters():
-        if not any(marker in name for marker in FREEZE_KEEP_MARKERS):
+        if task_of_key(name) is None and name not in layer_norms:
             param.requires_grad = False
             frozen += param.numel()
     return frozen
 
 
-def _decay_groups(named_params):
+def layer_norm_parameters(model: nn.Module) -> set[str]:
+    """The names of the LayerNorms' gains and shifts (BERT's ``gamma``/``beta``, or an
+    adapter's own ``nn.LayerNorm``)."""
+    return {f"{module_name}.{name}" if module_name else name
+            for module_name, module in model.named_modules()
+            if isinstance(module, (BERTLayerNorm, nn.LayerNorm))
+            for name, _ in module.named_parameters(recurse=False)}
+
+
+def no_decay_parameters(model: nn.Module) -> set[str]:
+    """The parameters without weight decay, as in the original: biases and LayerNorms."""
+    biases = {name for name, _ in model.named_parameters() if name.rsplit(".", 1)[-1] == "bias"}
+    return biases | layer_norm_parameters(model)
+
+
+def pal_attention_parameters(model: nn.Module) -> set[str]:
+    """The names of the PALs' attention parameters (``--optim`` trains them apart)."""
+    return {f"{module_name}.attn.{name}" for module_name, module in model.named_modules()
+            if isinstance(module, BERTPals) for name, _ in module.attn.named_parameters()}
+
+
+def _decay_groups(named_params, no_decay: set[str], lr: float | None = None):
+    """Weight decay 0.01 except for ``no_decay`` (the original's groups); ``lr``
+    overrides the optimizer's learning rate for these parameters."""
     named_params = list(named_params)
+    override = {} if lr is None else {"lr": lr}
     return [
-        {"params": [p for n, p in named_params if not any(m in n for m in NO_DECAY_MARKERS)],
-         "weight_decay_rate": 0.01},
-        {"params": [p for n, p in named_params if any(m in n for m in NO_DECAY_MARKERS)],
-         "weight_decay_rate": 0.0},
+        {"params": [p for n, p in named_params if n not in no_decay], "weight_decay_rate": 0.01, **override},
+        {"params": [p for n, p in named_params if n in no_decay], "weight_decay_rate": 0.0, **override},
     ]
 
 
+def _learning_rate_groups(named_params, no_decay: set[str], task_learning_rate: float | None):
+    """The decay groups, with the task-specific parameters (adapters and heads, which
+    start from random values) at ``task_learning_rate`` when it is given."""
+    named_params = list(named_params)
+    if task_learning_rate is None:
+        return _decay_groups(named_params, no_decay)
+    shared = [(n, p) for n, p in named_params if not is_task_specific(n)]
+    own = [(n, p) for n, p in named_params if is_task_specific(n)]
+    return _decay_groups(shared, no_decay) + _decay_groups(own, no_decay, lr=task_learning_rate)
+
+
 def build_optimizers(model: nn.Module, learning_rate: float, warmup: float, t_total: int,
-                     split_attention: bool, update_unsampled: bool = True) -> list[BERTAdam]:
+                     split_attention: bool, update_unsampled: bool = True, bias_correction: bool = False,
+                     task_learning_rate: float | None = None) -> list[BERTAdam]:
     """BERTAdam over decay / no-decay groups; with ``split_attention`` (the original's
     ``--optim`` other than 'normal') the PAL attention gets its own BERTAdam at 3e-4.
 
     ``update_unsampled`` reproduces the original's in-place ``zero_grad()``: once a
     task's parameters have been used, BERTAdam keeps updating them (momentum, weight
     decay) on steps that drew another task. It follows from the optimizer state, so a
-    resumed run behaves exactly like an uninterrupted one.
+    resumed run behaves exactly like an uninterrupted one. ``bias_correction`` is
+    Adam's (BERTAdam's option); ``task_learning_rate``, if given, is the peak learning
+    rate of the task-specific parameters (the rest keep ``learning_rate``).
     """
     named = list(model.named_parameters())
-    options = dict(warmup=warmup, t_total=t_total, zero_grad_updates=update_unsampled)
+    no_decay = no_decay_parameters(model)
+    options = dict(warmup=warmup, t_total=t_total, zero_grad_updates=update_unsampled,
+                   bias_correction=bias_correction)
     if not split_attention:
-        return [BERTAdam(_decay_groups(named), lr=learning_rate, **options)]
-    attention = [(n, p) for n, p in named if "attn" in n]
-    rest = [(n, p) for n, p in named if "attn" not in n]
+        return [BERTAdam(_learning_rate_groups(named, no_decay, task_learning_rate), lr=learning_rate, **options)]
+    pal_attention = pal_attention_parameters(model)
+    attention = [(n, p) for n, p in named if n in pal_attention]
+    rest = [(n, p) for n, p in named if n not in pal_attention]
     if not attention:
         raise UsageError("--optim splits off the PAL attention parameters, but this config has none")
-    return [BERTAdam(_decay_groups(rest), lr=learning_rate, **options),
-            BERTAdam(_decay_groups(attention), lr=SPLIT_OPTIMIZER_LR, **options)]
+    return [BERTAdam(_learning_rate_groups(rest, no_decay, task_learning_rate), lr=learning_rate, **options),
+            BERTAdam(_decay_groups(attention, no_decay), lr=SPLIT_OPTIMIZER_LR, **options)]
+
+
+def start_regression_heads(model: BertForMultiTask, tasks: Sequence[TaskData]) -> list[float]:
+    """Start each regression head's bias at its task's mean training label, and return
+    per task the factor its loss is scaled by: 1 / the label variance for a regression
+    task, 1 for a classification task.
+
+    Why: STS-B trains on score / 5 (mean about 0.5, variance about 0.07). From a bias of
+    0, the head first spends its few steps fitting the mean (Adam moves a bias by about
+    the learning rate per step, 1e-4 of the 0.5 needed), and an MSE of 0.07 weighs
+    little beside the other tasks' cross-entropies of about 0.7 in the shared layers'
+    Adam moments. Pearson correlation, the task's score, ignores both the offset and the
+    scale, so neither changes what is measured. Resumed runs load their heads afterwards.
+    """
+    scales = []
+    for task in tasks:
+        labels = np.array([f.label_id for f in task.train if f.label_id is not None], dtype=np.float64)
+        if not task.spec.is_regression or labels.size == 0:
+            scales.append(1.0)
+            continue
+        with torch.no_grad():
+            unwrap(model).classifier[task.task_id].bias.fill_(float(labels.mean()))
+        variance = float(labels.var())
+        scales.append(1.0 / variance if variance > 0 else 1.0)
+    return scales
 
 
 def unwrap(model: nn.Module) -> BertForMultiTask:
@@ -436,7 +556,7 @@ def evaluate_tasks(model: BertForMultiTask, tasks: Sequence[TaskData], settings:
 class TrainingSettings:
     """What the training loop needs beyond the model and data (validated by the CLI).
 
-    The five fields after ``max_seq_length`` are what ``--replicate_original`` changes;
+    The seven fields after ``max_seq_length`` are what ``--replicate_original`` changes;
     run_multi_task.py sets them once, and nothing else looks at that flag.
     """
 
@@ -455,11 +575,19 @@ class TrainingSettings:
     pad_to: int | None = None  # pad every batch to this length (the original: max_seq_length)
     replay_first_pass: bool = False  # the original's itertools.cycle over the first pass's batches
     group_by_length: bool = True  # length-grouped training batches (the original: plain shuffling)
+    # each task's batch order drawn from torch's global generator as the original's
+    # DataLoader(RandomSampler) drew it (needs replay_first_pass, no grouping)
+    original_batch_order: bool = False
     select_by_original_sum: bool = False  # best model by the sum of per-batch metrics, not the GLUE average
     dropout_off_after_first_eval: bool = False  # the original's model.eval() that was never undone
     use_original_sizes: bool = False  # sample by the original's hard-coded task sizes
     split_attention_optimizer: bool = False
     skip_unsampled_updates: bool = False
+    # What this port does to learn every task in a short run (issue 19; README "Why tasks
+    # stayed at their baseline"); --replicate_original turns all three off:
+    bias_correction: bool = True  # Adam's bias correction in BERTAdam
+    task_learning_rate: float | None = None  # peak LR of adapters and heads (None: learning_rate)
+    scale_regression: bool = True  # regression heads start at the mean label; MSE over the label variance
     save_checkpoints_steps: int = 1000
     bf16: bool = False
     fp16: bool = False
@@ -477,6 +605,9 @@ class TrainingSettings:
     layer_norm_init: str = "original"
     vocab_sha256: str = ""
     config_sha256: str = ""
+    # Recorded in every adapter file (with lower-casing and max_seq_length), so that a
+    # prediction with another vocabulary is refused: tokenization.vocab_fingerprint.
+    vocab_fingerprint: str = ""
 
 
 class Trainer:
@@ -491,15 +622,25 @@ class Trainer:
         self.model = model.to(ctx.device)
         self.wrapped = self._wrap(self.model)
         self.t_total = settings.steps_per_epoch * settings.num_train_epochs
+        # 1 / the variance of each regression task's training labels: its MSE then
+        # starts near 1, like a cross-entropy, instead of at 0.05 (STS-B's score / 5).
+        self.loss_scales = [1.0] * len(tasks)
+        if settings.scale_regression:
+            self.loss_scales = start_regression_heads(self.model, tasks)
         self.optimizers = build_optimizers(self.model, settings.learning_rate, settings.warmup_proportion,
                                            self.t_total, settings.split_attention_optimizer,
-                                           update_unsampled=not settings.skip_unsampled_updates)
+                                           update_unsampled=not settings.skip_unsampled_updates,
+                                           bias_correction=settings.bias_correction,
+                                           task_learning_rate=settings.task_learning_rate)
         self.scaler = torch.amp.GradScaler("cuda") if settings.fp16 else None
         self.sampler = glue.TaskSampler(self.task_sizes(), settings.sample, settings.num_train_epochs, settings.seed)
         micro_batch = settings.train_batch_size // settings.gradient_accumulation_steps
+        # (Under original_batch_order each stream draws from torch's generator as it is
+        # built, in task order, where the original called iter(DataLoader) for each task.)
         self.streams = [BatchStream(len(t.train), micro_batch, settings.seed, t.task_id,
                                     replay_first_pass=settings.replay_first_pass,
-                                    lengths=[len(f.input_ids) for f in t.train] if settings.group_by_length else None)
+                                    lengths=[len(f.input_ids) for f in t.train] if settings.group_by_length else None,
+                                    torch_sampler=settings.original_batch_order)
                         for t in tasks]
         self.global_step = 0
         self.epoch = 0
@@ -543,7 +684,9 @@ class Trainer:
         """Run (or continue) training; returns the best evaluation."""
         settings, ctx = self.settings, self.ctx
         self.log.start(self.global_step)
-        with self._signals_request_a_checkpoint(), self.log:
+        if ctx.is_main:
+            self.warn_if_short_of_space()
+        with self._on_a_failed_write(), self._signals_request_a_checkpoint(), self.log:
             self.wrapped.train(not self.dropout_disabled)
             while self.epoch < settings.num_train_epochs:
                 if self.step_in_epoch == 0:  # a new epoch (not one resumed halfway)
@@ -555,7 +698,8 @@ class Trainer:
                                   desc=f"epoch {self.epoch}", enabled=ctx.is_main) as progress:
                     while self.step_in_epoch < settings.steps_per_epoch:
                         # Every rank draws the same task: the sampler is seeded alike everywhere
-                        # (the digest of the draws is compared across ranks at the end).
+                        # (the digest of the draws, and of the batches, is compared across
+                        # ranks at the end).
                         task_id = self.sampler.next_task()
                         self.draw_digest.update(bytes([task_id % 256]))
                         loss = self.train_step(task_id)
@@ -594,7 +738,7 @@ class Trainer:
 
     def current_learning_rate(self) -> float:
         """The scheduled learning rate of the shared parameters (the first optimizer)."""
-        return float(max(self.optimizers[0].get_lr()))
+        return float(max(self.optimizers[0].get_lr(self.optimizers[0].param_groups[:2])))
 
     def _resume_hint(self, signum: int, checkpoint: Path) -> str:
         return (f"signal {signum} at step {self.global_step}; resume with --resume: "
@@ -610,7 +754,15 @@ class Trainer:
         # over all its examples: each micro-batch (and each rank's share of it) counts by
         # its number of examples, which matters when a batch is partial (the last batch of
         # a pass under --replicate_original).
-        micro_batches = [self.streams[task_id].next_indices() for _ in range(accumulation)]
+        stream = self.streams[task_id]
+        if stream.torch_sampler and stream.sampler_seed is None and ctx.distributed:
+            # The task's first batch: each rank draws the seed as the original would, and
+            # all keep rank 0's, since the ranks' generators can differ (dropout on
+            # shards of different sizes) and every rank must cut the same batches.
+            drawn = stream.draw_sampler_seed()
+            stream.sampler_seed = ctx.all_reduce_int(drawn if ctx.is_main else -1, "max")
+        micro_batches = [stream.next_indices() for _ in range(accumulation)]
+        self.draw_digest.update(np.concatenate(micro_batches).astype(np.int64).tobytes())
         step_examples = sum(len(indices) for indices in micro_batches)
         step_loss, local_examples = 0.0, 0
         for micro_step, global_indices in enumerate(micro_batches):
@@ -637,7 +789,7 @@ class Trainer:
                     sizes = [len(chunk) for chunk in torch.arange(len(batch["input_ids"])).chunk(ctx.n_gpu)]
                     loss = (loss * torch.tensor(sizes, dtype=loss.dtype, device=loss.device)).sum() / sum(sizes)
                 mean_loss = loss.detach()
-                loss = loss * weight
+                loss = loss * weight * self.loss_scales[task_id]
                 # All ranks must agree to go on: a rank that skipped backward while the others
                 # entered it would leave them waiting in the all-reduce forever.
                 if not ctx.all_reduce_int(int(bool(torch.isfinite(mean_loss).all())), "min"):
@@ -720,10 +872,16 @@ class Trainer:
         self._refuse_non_finite_parameters("saving the best model")
         self.best_score = score
         output_dir = self.settings.output_dir
-        checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file, output_dir)
-        if self.settings.save_adapters:
-            checkpointing.save_adapter_checkpoints(self.model, self.task_names, output_dir / checkpointing.ADAPTER_DIR)
-        reports.write_eval_results(output_dir, result)
+        with checkpointing.atomic_group():  # the previous best model's files stay until all new ones are written
+            checkpointing.save_model_folder(self.model, self.task_names, self.settings.vocab_file, output_dir)
+            if self.settings.save_adapters:
+                trained_with = {"do_lower_case": self.settings.do_lower_case,
+                                "max_seq_length": self.settings.max_seq_length}
+                if self.settings.vocab_fingerprint:
+                    trained_with["vocab_sha256"] = self.settings.vocab_fingerprint
+                checkpointing.save_adapter_checkpoints(self.model, self.task_names,
+                                                       output_dir / checkpointing.ADAPTER_DIR, trained_with=trained_with)
+            reports.write_eval_results(output_dir, result)
         logger.info("new best model (score %.4f) saved to %s", score, output_dir)
 
     def _refuse_non_finite_parameters(self, about_to: str) -> None:
@@ -738,9 +896,9 @@ class Trainer:
     def _check_ranks_drew_the_same_tasks(self) -> None:
         digests = self.ctx.gather_objects(self.draw_digest.hexdigest())
         if len(set(digests)) != 1:
-            raise RuntimeError(f"ranks drew different task sequences: {digests}")
+            raise RuntimeError(f"ranks drew different task or batch sequences: {digests}")
         if self.ctx.distributed:
-            logger.info("all %d ranks drew the same %d tasks (sha256 %s)", self.ctx.world_size,
+            logger.info("all %d ranks drew the same %d tasks and batches (sha256 %s)", self.ctx.world_size,
                         self.global_step, digests[0][:16])
 
     # ---- checkpoints ----------------------------------------------------------------
@@ -748,7 +906,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "optimizers": checkpointing.optimizer_states_by_name(self.optimizers, self.model),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "sampler": self.sampler.state_dict(),
             "streams": [stream.state_dict() for stream in self.streams],
@@ -775,8 +933,13 @@ class Trainer:
         if self.ctx.is_main:
             state = self.state_dict()
             state["rng"] = rng_states
-            checkpointing.save_training_checkpoint(state, self.settings.output_dir,
-                                                   keep_epoch_copy=self.epoch if keep_epoch_copy else None)
+            try:
+                checkpointing.save_training_checkpoint(state, self.settings.output_dir,
+                                                       keep_epoch_copy=self.epoch if keep_epoch_copy else None)
+            except WriteError as err:
+                if err.path != path:  # last.pt was written, its epoch copy was not
+                    self.last_checkpoint_step = self.global_step
+                raise
         self.ctx.barrier()
         self.last_checkpoint_step = self.global_step
         return path
@@ -800,16 +963,20 @@ class Trainer:
                 raise UsageError(f"{source} was trained with another {flag} (content sha256 {str(theirs)[:12]}), "
                                  f"this run's has sha256 {str(mine)[:12]}: resume with the file the run started with")
             if isinstance(mine, bool):
+                if flag.startswith("--no_"):  # the setting is true when the flag is absent
+                    theirs, mine = not theirs, not mine
                 raise UsageError(f"{source} was trained {'with' if theirs else 'without'} {flag}, this run "
                                  f"{'has' if mine else 'lacks'} it: resume with the checkpoint's settings")
             raise UsageError(f"{source} was trained with {flag} {theirs}, this run has "
                              f"{mine}: resume with the checkpoint's settings")
         checkpointing.check_state_dict(state["model"], self.model.state_dict(), source, what="model tensor")
         self.model.load_state_dict(state["model"])
+        optimizer_states = checkpointing.optimizer_states_by_position(state["optimizers"], self.optimizers,
+                                                                      self.model, list(state["model"]), source)
         try:
-            if len(state["optimizers"]) != len(self.optimizers) or len(state["streams"]) != len(self.streams):
-                raise ValueError("it holds a different number of optimizers or task streams")
-            for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            if len(state["streams"]) != len(self.streams):
+                raise ValueError("it holds a different number of task streams")
+            for optimizer, saved in zip(self.optimizers, optimizer_states):
                 optimizer.load_state_dict(saved)
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
@@ -839,6 +1006,36 @@ class Trainer:
         self.last_checkpoint_step = self.global_step
         logger.info("resumed from step %d (epoch %d, step %d of %d)", self.global_step, self.epoch,
                     self.step_in_epoch, self.settings.steps_per_epoch)
+
+    # ---- disk space -----------------------------------------------------------------
+
+    def warn_if_short_of_space(self) -> None:
+        """One warning line when the output folder lacks the space this run's
+        checkpoints and best model will take (estimated from the parameters)."""
+        epochs_left = self.settings.num_train_epochs - self.epoch
+        warning = checkpointing.free_space_warning(
+            self.settings.output_dir, self.model, self.settings.save_adapters,
+            epoch_copies=epochs_left if self.settings.keep_epoch_checkpoints else 0)
+        if warning:
+            logger.warning(warning)
+
+    @contextlib.contextmanager
+    def _on_a_failed_write(self):
+        """A file that cannot be written ends the run (one ``WriteError`` line): it says
+        which checkpoint is intact and how to go on."""
+        try:
+            yield
+        except WriteError as err:
+            checkpoint = checkpointing.training_checkpoint_path(self.settings.output_dir)
+            remedy = "free space" if err.out_of_space else "remove the cause"
+            if self.last_checkpoint_step is not None and checkpoint.is_file():
+                resume = (f"the checkpoint of step {self.last_checkpoint_step} in {checkpoint} is intact: "
+                          f"{remedy} and add --resume")
+            else:
+                resume = (f"no training checkpoint was written yet: {remedy} and run the same command again "
+                          f"with --overwrite_output_dir")
+            err.intact = resume if err.path == checkpoint else f"{err.intact}; {resume}"
+            raise
 
     # ---- signals --------------------------------------------------------------------
 

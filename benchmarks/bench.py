@@ -26,7 +26,6 @@ Usage: python benchmarks/bench.py [--quick] [--compile] [--fast-paths] [--json r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import json
@@ -109,9 +108,18 @@ def wait_until_quiet(seconds: float, threshold: float = 0.2) -> None:
             return
 
 
+def synchronize() -> None:
+    """Wait for the work queued on the GPU, if one is in use (benchmarks/gpu_check.py), so
+    that a timer reads work done; on the CPU there is nothing to wait for."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], None]) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -134,12 +142,20 @@ def spread(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
-def peak_step_memory(step: Callable[[], None]) -> int | None:
-    """Peak bytes of CPU tensor memory allocated during ``step`` above what existed before.
+def peak_step_memory(step: Callable[[], None], device: torch.device | None = None) -> int | None:
+    """Peak bytes of tensor memory allocated during ``step`` above what existed before.
 
-    From the profiler's memory timeline (every allocation and free, temporaries inside
-    operators included): activations, gradients and optimizer temporaries.
+    On the CPU from the profiler's memory timeline (every allocation and free, temporaries
+    inside operators included): activations, gradients and optimizer temporaries. On a
+    CUDA ``device``, from its allocator's peak.
     """
+    if device is not None and device.type == "cuda":
+        synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        step()
+        synchronize()
+        return torch.cuda.max_memory_allocated(device) - base
     try:
         from torch.profiler import ProfilerActivity, profile
         from torch.profiler._memory_profiler import Action
@@ -178,12 +194,12 @@ class PeakRunner:
     moves both alike.
     """
 
-    def __init__(self, size: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, size: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None):
         gen = torch.Generator().manual_seed(1)
         self.size = size
-        self.a = torch.randn(size, size, generator=gen).to(dtype)
-        self.b = torch.randn(size, size, generator=gen).to(dtype)
-        self.out = torch.empty(size, size, dtype=dtype)
+        self.a = torch.randn(size, size, generator=gen).to(device, dtype)
+        self.b = torch.randn(size, size, generator=gen).to(device, dtype)
+        self.out = torch.empty_like(self.a)
         self.calls: list[list[float]] = []
 
     def __call__(self) -> None:
@@ -211,9 +227,9 @@ def minilm_dir() -> Path:
 
 
 def our_config(size: str) -> modeling.BertConfig:
-    if size == "minilm":
-        return modeling.BertConfig.from_json_file(minilm_dir() / "config.json")
-    return modeling.BertConfig.from_json_file(ROOT / "configs" / "bert_base_config.json")
+    """MiniLM-L6's shape (its config.json's numbers) or BERT-base's, from configs/."""
+    name = "minilm_bert_config.json" if size == "minilm" else "bert_base_config.json"
+    return modeling.BertConfig.from_json_file(ROOT / "configs" / name)
 
 
 def hf_config(config: modeling.BertConfig, attention: str, num_labels: int = 2):
@@ -245,19 +261,26 @@ def load_into_hf(hf_model, state: dict[str, torch.Tensor]) -> None:
 
 
 def classifier_models(size: str, dropout: bool = True) -> dict[str, torch.nn.Module]:
-    """ours, hf_sdpa, hf_eager: BertForSequenceClassification with identical weights.
+    """ours, hf_sdpa, hf_eager: BertForSequenceClassification with identical weights
+    (MiniLM's real ones at MiniLM size).
 
     ``dropout=False`` sets both dropout probabilities to 0 in all of them.
     """
-    import transformers
-    torch.manual_seed(0)
     config = our_config(size)
     if not dropout:
         config = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return paired_classifiers(config, minilm_dir() if size == "minilm" else None)
+
+
+def paired_classifiers(config: modeling.BertConfig, weights: Path | None = None) -> dict[str, torch.nn.Module]:
+    """ours, hf_sdpa, hf_eager for ``config``: ours with the pretrained weights in the
+    folder ``weights`` (else random ones, seed 0), copied into transformers' two."""
+    import transformers
+    torch.manual_seed(0)
     ours = modeling.BertForSequenceClassification(config, 2)
-    modeling.standard_layer_norm_init(ours)  # BERT-base: LayerNorms at gamma 1, beta 0, as a trained BERT's
-    if size == "minilm":
-        checkpointing.load_pretrained_weights(ours, minilm_dir())
+    modeling.standard_layer_norm_init(ours)  # random weights: LayerNorms at gamma 1, beta 0, as a trained BERT's
+    if weights is not None:
+        checkpointing.load_pretrained_weights(ours, weights)
     models = {"ours": ours}
     for attention, name in zip(HF_ATTENTION, HF_NAMES):
         theirs = transformers.BertForSequenceClassification(hf_config(config, attention))
@@ -352,25 +375,32 @@ def training_flops(config: modeling.BertConfig, lengths: Sequence[int]) -> float
 # Training step
 # --------------------------------------------------------------------------------------
 
-def autocast(dtype: str):
-    if dtype == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def make_step(model, hf: bool, batch, dtype: str, optimizer, task_id: int | None = None):
+    """One training step as a callable: forward (under autocast for bf16 and fp16),
+    backward, optimizer step; fp16 through a GradScaler, as the trainer's --fp16. The
+    device is the batch's."""
     ids, types, mask, labels = batch["input_ids"], batch["segment_ids"], batch["input_mask"], batch["label_ids"]
+    device_type = ids.device.type
+    scaler = torch.amp.GradScaler(device_type) if dtype == "fp16" else None
 
     def step():
-        with autocast(dtype):
+        with torch.autocast(device_type, dtype=AUTOCAST[dtype], enabled=AUTOCAST[dtype] is not None):
             if hf:
                 loss = model(input_ids=ids, token_type_ids=types, attention_mask=mask, labels=labels).loss
             elif task_id is not None:
                 loss, _ = model(ids, types, mask, task_id, labels=labels)
             else:
                 loss, _ = model(ids, types, mask, labels=labels)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # unscales first: BERTAdam clips the true gradient
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         model.zero_grad(set_to_none=True)
     return step
 
@@ -414,12 +444,12 @@ class StepResult:
 
 
 def benchmark_steps(steps: dict[str, Callable[[], None]], repeats: int, memory: bool,
-                    peak: PeakRunner | None = None) -> StepResult:
+                    peak: PeakRunner | None = None, device: torch.device | None = None) -> StepResult:
     """One untimed step each (profiled for memory), then ``repeats`` alternating timed
     rounds, with the square matmul ``peak`` in the alternation if given."""
     peaks = {}
     for name, step in steps.items():
-        peaks[name] = peak_step_memory(step) if memory else (step() or None)
+        peaks[name] = peak_step_memory(step, device) if memory else (step() or None)
         gc.collect()
     runs = dict(steps)
     if peak:

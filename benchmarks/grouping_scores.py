@@ -28,9 +28,7 @@ VARIANTS = {"grouped": [], "plain": ["--no_group_by_length"]}
 
 
 def flags_for_seed(seed: int) -> list[str]:
-    flags = [f for f in demo.TRAINING_FLAGS if f != "--do_predict"]
-    flags[flags.index("--seed") + 1] = str(seed)
-    return flags
+    return [f for f in demo.TRAINING_FLAGS if f != "--do_predict"] + ["--seed", str(seed)]
 
 
 def run(data_dir: Path, output_dir: Path, seed: int, extra: list[str]) -> dict:

@@ -194,7 +194,7 @@ def write_glue_tree(folder: Path, corpus: Corpus, train_sizes: dict[str, int], d
             layout = glue._layout_for(task, split)
             rows = [_row(task, split, e, i) for i, e in enumerate(examples)]
             if layout.header:
-                rows.insert(0, ["header"] * layout.n_fields)
+                rows.insert(0, list(layout.header))  # GLUE's header row (the reader checks it)
             text = "".join("\t".join(cell.replace("\t", " ") for cell in row) + "\n" for row in rows)
             atomic_write_text(Path(folder) / glue.TASKS[task].folder / f"{split}.tsv", text)
     return Path(folder)

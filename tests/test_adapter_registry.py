@@ -12,20 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 from torch import nn
 
 import checkpointing
-import glue
 import modeling
 import run_multi_task
+from configuration import ARCHITECTURE_FLAGS
 from errors import ConfigError
-from modeling import ADAPTERS, BertConfig, BertForMultiTask, register_adapter
-
-try:  # the demo data writer is moving from glue.py to demo_data.py
-    from demo_data import write_demo_glue
-except ImportError:
-    write_demo_glue = glue.write_demo_glue
+from modeling import ADAPTERS, BertConfig, BertForMultiTask, BertModel, register_adapter
 
 NAME = "task_bias"
 TASKS = ["cola", "sts"]
@@ -48,14 +44,6 @@ def registered():
     register_adapter(NAME, TaskBias)
     yield NAME
     ADAPTERS.pop(NAME, None)
-
-
-def tiny_config(**flags) -> BertConfig:
-    values = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
-                  hidden_size_aug=24, num_tasks=2)
-    values.update(flags)
-    return BertConfig(**values)
 
 
 def adapter_keys(state, name="task_bias"):
@@ -82,8 +70,11 @@ def test_registered_adapter_sits_beside_every_layer_under_multi_layers(registere
 
 
 def test_unknown_adapter_is_a_config_error_naming_the_key_and_the_registered_names(registered):
-    with pytest.raises(ConfigError, match=r"'adapter'.*low_rank, pals, task_bias.*'lora'"):
-        BertConfig.from_dict({"vocab_size": 10, "mult": True, "adapter": "lora"})
+    # A config may name an adapter a user's file registers later: the model checks the name.
+    config = BertConfig.from_dict({"vocab_size": 10, "hidden_size": 12, "num_attention_heads": 2,
+                                   "mult": True, "adapter": "lora"})
+    with pytest.raises(ConfigError, match=r"'adapter' 'lora'.*low_rank, pals, task_bias.*--adapter_module"):
+        BertForMultiTask(config, [2])
     with pytest.raises(ConfigError, match="'adapter'"):
         tiny_config(mult=True, adapter=3)
     with pytest.raises(ConfigError, match="needs 'mult' or 'houlsby'"):
@@ -101,8 +92,31 @@ def test_register_adapter_refuses_to_replace_a_name():
     assert ADAPTERS["pals"] is modeling.BERTPals
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.json")),
-                         ids=lambda p: p.name)
+CONFIG_FILES = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", [*CONFIG_FILES, None], ids=lambda p: p.name if p else "registered_adapter")
+def test_task_keys_follow_the_structure_of_the_model(path, registered):
+    """The task of every state-dict key, found without reading its name: a model of n+1
+    tasks has task n's keys beyond those of a model of n tasks, and BERT without adapters
+    has the keys of no task. task_of_key and is_task_specific agree with that for every
+    shipped config and for a registered adapter whose parameter names say nothing."""
+    if path is None:
+        flags = {"mult": True, "adapter": registered}
+    else:
+        config = BertConfig.from_json_file(path)
+        flags = {name: getattr(config, name) for name in (*ARCHITECTURE_FLAGS, "extra_dim", "adapter")}
+    keys = [list(BertForMultiTask(tiny_config(**flags, num_tasks=n), [2] * n).state_dict()) for n in (1, 2, 3)]
+    shared = {"bert." + key for key in BertModel(tiny_config(**flags).without_adapters()).state_dict()}
+    for key in keys[2]:
+        task = None if key in shared else next(n for n in range(3) if key in keys[n])
+        assert modeling.task_of_key(key) == task, key
+        assert modeling.is_task_specific(key) == (task is not None), key
+        if task is not None:
+            assert modeling.task_of_key(modeling.key_for_task(key, 0)) == 0
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: p.name)
 def test_original_configs_round_trip_and_build_the_same_modules(path):
     """Every shipped config: no 'adapter' key written, the round trip is exact, and
     naming the adapter that the flags choose builds the same keys, tying and weights."""
@@ -133,9 +147,8 @@ def test_original_configs_round_trip_and_build_the_same_modules(path):
 # End to end: train, save, rebuild through run_multi_task.py
 # ---------------------------------------------------------------------------------------
 
-def test_new_adapter_trains_end_to_end_and_rebuilds_from_adapter_files(registered, tmp_path, minilm_dir):
-    data_dir = tmp_path / "glue"
-    write_demo_glue(data_dir, seed=3, scale=0.3)
+def test_new_adapter_trains_end_to_end_and_rebuilds_from_adapter_files(registered, tmp_path, minilm_dir, glue_dir):
+    data_dir = glue_dir
     config_file = tmp_path / "task_bias_config.json"
     config_values = json.loads((minilm_dir / "config.json").read_text())
     config_values.update({"mult": True, "adapter": registered})

@@ -32,9 +32,20 @@ def test_leaves_import_nothing_of_the_project():
         assert GRAPH[leaf] == set(), (leaf, GRAPH[leaf])
 
 
-def test_modeling_imports_only_the_leaves():
-    assert GRAPH["modeling"] <= set(LEAVES), GRAPH["modeling"]
-    assert "kernels" in GRAPH["modeling"]
+def test_configuration_imports_only_errors():
+    assert GRAPH["configuration"] == {"errors"}, GRAPH["configuration"]
+
+
+def test_modeling_imports_only_the_leaves_and_the_configuration():
+    assert GRAPH["modeling"] <= {*LEAVES, "configuration"}, GRAPH["modeling"]
+    assert {"kernels", "configuration"} <= GRAPH["modeling"]
+
+
+def test_modeling_opens_with_a_layer():
+    """The configuration lives in configuration.py: modeling.py's first class is a module."""
+    tree = ast.parse((ROOT / "modeling.py").read_text(encoding="utf-8"))
+    first = next(node for node in tree.body if isinstance(node, ast.ClassDef))
+    assert [ast.unparse(base) for base in first.bases] == ["nn.Module"], first.name
 
 
 def test_no_import_cycle():

@@ -339,10 +339,44 @@ def test_task_id_writes_the_adapted_models_layers(minilm_dir, tmp_path, pals_che
     assert (first - second).abs().max() > 1e-4, "tasks must differ, or the test proves nothing"
 
 
+def test_task_id_is_a_name_or_an_index_in_the_all_order(minilm_dir, tmp_path, pals_checkpoint, capsys):
+    """Issue 23, item 9: --task_id means what run_multi_task.py's does (a task name, or its
+    index in the 'all' order), looked up in the tasks.json beside a run's checkpoint;
+    without one the checkpoint's tasks are taken in the 'all' order."""
+    config_file, checkpoint, _ = pals_checkpoint
+    lines = ["Adapters change the hidden states."]
+    outputs = {}
+    for name, task_id in (("position1", 1), ("mrpc", "mrpc"), ("MRPC", "MRPC")):
+        code, output = run_main(minilm_dir, tmp_path, lines, "--task_id", task_id, "--layers=-1",
+                                config=config_file, checkpoint=checkpoint, name=f"{name}.jsonl")
+        assert code == 0
+        outputs[name] = output.read_text()
+    assert outputs["position1"] == outputs["mrpc"] == outputs["MRPC"]  # bare: 'all' order, mrpc is 1
+    # A run folder's checkpoint: its tasks.json gives the order (here rte, mnli, sts).
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_model.pth").symlink_to(checkpoint)
+    (run / "tasks.json").write_text(json.dumps([{"name": "rte", "num_labels": 2}, {"name": "mnli", "num_labels": 3},
+                                                {"name": "sts", "num_labels": 1}]))
+    for task_id in ("mnli", 2, "MNLI"):  # mnli is 2 in the 'all' order, position 1 in this run
+        code, output = run_main(minilm_dir, tmp_path, lines, "--task_id", task_id, "--layers=-1", config=config_file,
+                                checkpoint=run / "best_model.pth", name=f"run-{task_id}.jsonl")
+        assert code == 0
+        assert output.read_text() == outputs["position1"]
+    code, output = run_main(minilm_dir, tmp_path, lines, "--task_id", "cola", config=config_file,
+                            checkpoint=run, name="cola.jsonl")
+    assert code == 2 and "--task_id cola (cola): the checkpoint's tasks are rte, mnli, sts" in last_error(capsys)
+    code, output = run_main(minilm_dir, tmp_path, lines, config=config_file, checkpoint=run, name="none.jsonl")
+    assert code == 2 and "choose one with --task_id (rte, mnli, sts)" in last_error(capsys)
+
+
 def test_task_id_errors(minilm_dir, tmp_path, pals_checkpoint, capsys):
     config_file, checkpoint, _ = pals_checkpoint
     code, output = run_main(minilm_dir, tmp_path, ["x"], config=config_file, checkpoint=checkpoint)
-    assert code == 2 and "choose one with --task_id (0..2)" in last_error(capsys)
+    assert code == 2 and "choose one with --task_id (a task name or its index in the 'all' order: 0..2)" in \
+        last_error(capsys)
+    code, _ = run_main(minilm_dir, tmp_path, ["x"], "--task_id", "nope", config=config_file, checkpoint=checkpoint)
+    assert code == 2 and "--task_id nope: task id must be a task name or an integer" in last_error(capsys)
     code, _ = run_main(minilm_dir, tmp_path, ["x"], "--task_id", 3, config=config_file, checkpoint=checkpoint)
     assert code == 2 and "--task_id 3 is out of range" in last_error(capsys)
     # An adapter config with a checkpoint that has no adapters would write random features.
@@ -419,6 +453,10 @@ def test_reading_handles_line_endings_and_blank_lines(tmp_path):
     assert [(e.guid, e.text_a, e.text_b) for e in examples] == [
         (0, "one", None), (1, "two", "three"), (2, "four", None), (3, "", None), (4, "last", None)]
     assert ef.count_examples(str(path)) == 5
+    # Blank lines at the end are no examples (issue 23, item 5); between examples they
+    # stay one each, as the original wrote them, so linex_index keeps following the lines.
+    path.write_bytes(b"one\n\ntwo\n\n  \n")
+    assert [(e.guid, e.text_a) for e in ef.read_examples(str(path))] == [(0, "one"), (1, ""), (2, "two")]
 
 
 def test_features_come_from_glues_builder(minilm_dir):
@@ -433,6 +471,22 @@ def test_features_come_from_glues_builder(minilm_dir):
     assert feature.tokens == ["[CLS]", "one", "two", "three", "[SEP]", "six", "seven", "[SEP]"]
     assert (feature.guid, feature.label_id) == (4, None)
     assert (training.tokens, training.guid, training.label_id) == (None, None, 1)  # training keeps no tokens
+
+
+def test_the_originals_field_names_still_work(minilm_dir, tmp_path):
+    """Code written against the original's extract_features reads an example's
+    unique_id and a feature's unique_id, input_type_ids and input_mask."""
+    path = tmp_path / "input.txt"
+    path.write_text("one two ||| three\nfour\n", encoding="utf-8")
+    examples = list(ef.read_examples(str(path)))
+    assert [e.unique_id for e in examples] == [0, 1]
+    feature = ef.convert_example(examples[0], _tokenizer(minilm_dir), 16)
+    assert feature.tokens == ["[CLS]", "one", "two", "[SEP]", "three", "[SEP]"]
+    assert feature.unique_id == 0
+    assert feature.input_type_ids == [0, 0, 0, 0, 1, 1]
+    assert feature.input_mask == [1] * 6
+    examples[1].unique_id = 7  # the aliases are the fields themselves
+    assert examples[1].guid == 7 and ef.InputExample(3, "a").unique_id == 3
 
 
 def test_errors_are_the_projects_error_classes(tmp_path):

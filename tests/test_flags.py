@@ -16,11 +16,12 @@ import csv
 import json
 import random
 
+import conftest
 import pytest
 import torch
+from conftest import write_tiny_config
 from probes import TrainerProbe
 
-import demo_data
 import glue
 import modeling
 import optimization
@@ -29,10 +30,8 @@ import tokenization
 
 
 @pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=5, scale=0.3)
-    return folder
+def glue_dir(make_glue_dir):
+    return make_glue_dir(seed=5, scale=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +54,13 @@ def easy_glue_dir(tmp_path_factory):
 
 
 def tiny_config(path, dropout=0.1, **flags):
-    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
-                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                  mult=True, pals=True, hidden_size_aug=12)
-    values.update(flags)
-    path.write_text(json.dumps(values))
-    return path
+    return write_tiny_config(path, 30522, dropout, **flags)
 
 
 def run_args(glue_dir, config, vocab_file, output_dir, *extra, tasks="sst,qqp"):
-    return [str(a) for a in [
-        "--data_dir", glue_dir, "--bert_config_file", config, "--vocab_file", vocab_file, "--output_dir", output_dir,
-        "--tasks", tasks, "--do_lower_case", "--max_seq_length", "48", "--train_batch_size", "16",
-        "--eval_batch_size", "32", "--seed", "3", "--no_plot", "--do_train", "--sample", "rr",
-        "--save_checkpoints_steps", "0", "--no_save_adapters", "--layer_norm_init", "standard", *extra]]
+    return conftest.run_args(glue_dir, config, vocab_file, output_dir, "--eval_batch_size", "32", "--do_train",
+                             "--sample", "rr", "--save_checkpoints_steps", "0", "--no_save_adapters",
+                             "--layer_norm_init", "standard", *extra, tasks=tasks, seq=48, batch=16, seed=3)
 
 
 def mean(values):
@@ -159,9 +150,11 @@ def test_split_optimizer_groups_and_learning_rates(tmp_path, glue_dir, vocab_fil
     monkeypatch.setattr(optimization.BERTAdam, "step", recording_step)
     config = tiny_config(tmp_path / "config.json", dropout=0.0)
     lr = 1e-3
+    # BERTAdam as the original: one learning rate beside the split's, no bias correction
     assert run_multi_task.main(run_args(glue_dir, config, vocab_file, tmp_path / "optim", "--optim", "split",
                                         "--num_train_epochs", "1", "--steps_per_epoch", "1", "--learning_rate",
-                                        str(lr), "--warmup_proportion", "0")) == 0
+                                        str(lr), "--warmup_proportion", "0", "--task_learning_rate", "0",
+                                        "--no_bias_correction")) == 0
     model = probe.trainer.model
     optimizers = probe.trainer.optimizers
     assert len(optimizers) == 2
@@ -236,12 +229,23 @@ def test_do_predict_writes_the_models_predictions_for_every_task(tmp_path, glue_
                 param.zero_()
             else:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
-    torch.save(model.state_dict(), run / "best_model.pth")
     model.eval()
+    tokenizer = tokenization.FullTokenizer(str(vocab_file), do_lower_case=True)
+    # Each classification head's bias centres its logits on its test examples (the column
+    # medians), so that predictions vary from example to example whatever the draw.
+    for task, split in SUBMISSIONS.values():
+        task_id = task_names.index(task)
+        if glue.TASKS[task].is_regression:
+            continue
+        features = glue.convert_examples_to_features(glue.read_examples(glue_dir, task, split), task, tokenizer, 48)
+        with torch.no_grad():
+            logits = torch.cat([model(torch.tensor([f.input_ids]), torch.tensor([f.segment_ids]),
+                                      torch.ones(1, len(f.input_ids), dtype=torch.long), task_id) for f in features])
+            model.classifier[task_id].bias.copy_(-logits.median(dim=0).values)
+    torch.save(model.state_dict(), run / "best_model.pth")
     out = tmp_path / "predict"
     args = [a for a in run_args(glue_dir, config, vocab_file, out, tasks=ALL_TASKS) if a != "--do_train"]
     assert run_multi_task.main([*args, "--do_predict", "--predict_checkpoint", str(run)]) == 0
-    tokenizer = tokenization.FullTokenizer(str(vocab_file), do_lower_case=True)
     assert sorted(p.name for p in (out / "submission").iterdir()) == sorted(SUBMISSIONS)
     for file_name, (task, split) in SUBMISSIONS.items():
         task_id = task_names.index(task)

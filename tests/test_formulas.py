@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
@@ -35,10 +36,7 @@ TOP_BLOCKS = 6
 
 
 def tiny_config(**flags) -> BertConfig:
-    values = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  max_position_embeddings=64, type_vocab_size=2, hidden_size_aug=24, num_tasks=len(TASK_LABELS))
-    values.update(flags)
-    return BertConfig(**values)
+    return conftest.tiny_config(**{"num_tasks": len(TASK_LABELS), **flags})
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -67,6 +67,15 @@ def test_resolve_task_names_presets():
     assert glue.resolve_task_names("single", "4") == ["sts"]  # argparse gives a string
 
 
+def test_task_id_is_a_name_or_an_index_in_the_all_order():
+    """--task_id means the same in run_multi_task.py and extract_features.py (issue 23, item 9)."""
+    assert [glue.task_for_id(i) for i in range(8)] == ["cola", "mrpc", "mnli", "rte", "sts", "sst", "qqp", "qnli"]
+    assert glue.task_for_id("SST-2") == glue.task_for_id(" 5 ") == glue.task_for_id(5) == "sst"
+    assert glue.resolve_task_names("single", "rte") == ["rte"]
+    assert glue.resolve_task_names("single", "wnli") == ["wnli"]  # by name: beyond the eight
+    assert glue.task_id_argument("3") == 3 and glue.task_id_argument("mnli") == "mnli"
+
+
 def test_resolve_task_names_lists_and_aliases_keep_order():
     assert glue.resolve_task_names("rte,STS-B,sst2,wnli") == ["rte", "sts", "sst", "wnli"]
     assert glue.resolve_task_names(" CoLA , mnli ") == ["cola", "mnli"]
@@ -80,7 +89,8 @@ def test_resolve_task_names_lists_and_aliases_keep_order():
     ("cola,,rte", None, "bad task list"),
     ("single", None, "needs a task id"),
     ("single", 8, "out of range"),
-    ("single", "two", "must be an integer"),
+    ("single", "two", "must be a task name or an integer"),
+    ("single", "-1", "out of range"),
 ])
 def test_resolve_task_names_rejects_bad_input(arg, task_id, fragment):
     with pytest.raises(ValueError, match=fragment) as err:
@@ -216,6 +226,9 @@ def test_task_sampler_refuses_state_of_another_setup():
 
 MNLI_BASE = ["index", "promptID", "pairID", "genre", "sentence1_binary_parse",
              "sentence2_binary_parse", "sentence1_parse", "sentence2_parse", "sentence1", "sentence2"]
+STS_COLUMNS = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+               "score"]
+QQP_COLUMNS = ["id", "qid1", "qid2", "question1", "question2", "is_duplicate"]
 
 
 def mnli_row(index, premise, hypothesis, labels=()):
@@ -278,7 +291,7 @@ def test_read_sts_train_score_is_last_column(tmp_path):
     ]
 
 
-def test_read_qqp_train_drops_rows_without_exactly_six_fields(tmp_path):
+def test_read_qqp_train_drops_rows_without_exactly_six_fields(tmp_path, caplog):
     path = tmp_path / "QQP/train.tsv"
     path.parent.mkdir(parents=True)
     path.write_text(
@@ -292,6 +305,9 @@ def test_read_qqp_train_drops_rows_without_exactly_six_fields(tmp_path):
         InputExample("train-1", "How do I cook?", "How can I learn to cook?", "1"),
         InputExample("train-5", 'Is it "odd"?', "Is it even?", "0"),
     ]
+    # ... but not without a word (issue 23, item 2): one warning, the rows' lines
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == f"{path}: skipped 3 row(s) without exactly 6 fields, as the original did (lines 3, 4, 5)"
 
 
 def test_read_mnli_train_twelve_columns_guid_from_index(tmp_path):
@@ -323,12 +339,14 @@ def test_read_mnli_dev_alias_is_matched(tmp_path):
     assert glue.read_examples(tmp_path, "mnli", "dev") == glue.read_examples(tmp_path, "mnli", "dev_matched")
 
 
-@pytest.mark.parametrize("task, folder, split", [
-    ("qnli", "QNLI", "train"), ("rte", "RTE", "dev"), ("wnli", "WNLI", "train")])
-def test_read_index_text_text_label_layouts(tmp_path, task, folder, split):
+@pytest.mark.parametrize("task, folder, split, header", [
+    ("qnli", "QNLI", "train", ["index", "question", "sentence", "label"]),
+    ("rte", "RTE", "dev", ["index", "sentence1", "sentence2", "label"]),
+    ("wnli", "WNLI", "train", ["index", "sentence1", "sentence2", "label"])])
+def test_read_index_text_text_label_layouts(tmp_path, task, folder, split, header):
     labels = glue.TASKS[task].labels
     write_lines(tmp_path, f"{folder}/{split}.tsv", [
-        ["index", "sentence1", "sentence2", "label"],
+        header,
         ["0", "Where is \"it\"?", "It is here.", labels[1]],
         ["1", "Who came?", "Nobody knows.", labels[0]],
     ])
@@ -380,6 +398,87 @@ def test_read_diagnostic_set(tmp_path):
     ]
 
 
+# GLUE's header rows, as the files of the GLUE download have them (CoLA's train and dev
+# files have none); the label column of each labelled file, for a data row below them.
+_NLI_BASE = ("index promptID pairID genre sentence1_binary_parse sentence2_binary_parse sentence1_parse "
+             "sentence2_parse sentence1 sentence2")
+GLUE_HEADERS = {  # (task, split): (header, label column or None, a valid label)
+    ("sst", "train"): ("sentence label", 1, "1"),
+    ("mrpc", "dev"): ("Quality|#1 ID|#2 ID|#1 String|#2 String", 0, "1"),
+    ("sts", "train"): ("index genre filename year old_index source1 source2 sentence1 sentence2 score", -1, "3.2"),
+    ("qqp", "dev"): ("id qid1 qid2 question1 question2 is_duplicate", -1, "0"),
+    ("mnli", "train"): (_NLI_BASE + " label1 gold_label", -1, "neutral"),
+    ("mnli", "dev_matched"): (_NLI_BASE + " label1 label2 label3 label4 label5 gold_label", -1, "neutral"),
+    ("mnli", "dev_mismatched"): (_NLI_BASE + " label1 label2 label3 label4 label5 gold_label", -1, "neutral"),
+    ("qnli", "train"): ("index question sentence label", -1, "entailment"),
+    ("rte", "dev"): ("index sentence1 sentence2 label", -1, "not_entailment"),
+    ("wnli", "train"): ("index sentence1 sentence2 label", -1, "1"),
+    ("cola", "test"): ("index sentence", None, None),
+    ("sst", "test"): ("index sentence", None, None),
+    ("mrpc", "test"): ("index|#1 ID|#2 ID|#1 String|#2 String", None, None),
+    ("sts", "test"): ("index genre filename year old_index source1 source2 sentence1 sentence2", None, None),
+    ("qqp", "test"): ("id question1 question2", None, None),
+    ("mnli", "test_matched"): (_NLI_BASE, None, None),
+    ("mnli", "test_mismatched"): (_NLI_BASE, None, None),
+    ("mnli", "diagnostic"): ("index sentence1 sentence2", None, None),
+    ("qnli", "test"): ("index question sentence", None, None),
+    ("rte", "test"): ("index sentence1 sentence2", None, None),
+    ("wnli", "test"): ("index sentence1 sentence2", None, None),
+}
+
+
+def glue_file(root, task, split, lines):
+    folder = "diagnostic" if split == "diagnostic" else glue.TASKS[task].folder
+    return write_lines(root, f"{folder}/{split}.tsv", lines)
+
+
+def data_row(width, label_column, label, index):
+    row = [str(index)] + [f"text {index} {k}" for k in range(1, width)]
+    if label_column is not None:
+        row[label_column] = label
+    return row
+
+
+@pytest.mark.parametrize("task, split", list(GLUE_HEADERS))
+def test_every_header_is_checked_and_a_missing_one_is_refused(tmp_path, task, split):
+    """Issue 23, item 2: a file written without its header row lost its first example
+    without a word. Now the header must be GLUE's (any case); without it, or with another
+    one, the file is refused naming its line 1."""
+    header, label_column, label = GLUE_HEADERS[(task, split)]
+    columns = header.split("|") if "|" in header else header.split(" ")
+    rows = [data_row(len(columns), label_column, label, k) for k in (7, 8, 9)]
+    path = glue_file(tmp_path, task, split, [columns, *rows])
+    assert len(glue.read_examples(tmp_path, task, split)) == 3
+    glue_file(tmp_path, task, split, [[c.upper() for c in columns], *rows])  # any case
+    assert len(glue.read_examples(tmp_path, task, split)) == 3
+    glue_file(tmp_path, task, split, rows)  # no header: the first example must not vanish
+    assert_data_error(lambda: glue.read_examples(tmp_path, task, split), f"{path}:1: expected the header row",
+                      "<TAB>".join(columns))
+    glue_file(tmp_path, task, split, [columns[:-1] + ["other"], *rows])  # another header
+    assert_data_error(lambda: glue.read_examples(tmp_path, task, split), f"{path}:1: expected the header row")
+
+
+def test_the_issues_three_line_sst_file_is_refused_not_shortened(tmp_path):
+    path = write_lines(tmp_path, "SST-2/train.tsv", [["i loved it", "1"], ["awful", "0"], ["great", "1"]])
+    assert_data_error(lambda: glue.read_examples(tmp_path, "sst", "train"),
+                      f"{path}:1: expected the header row 'sentence<TAB>label', found 'i loved it<TAB>1'")
+
+
+def test_a_cola_header_is_named_as_the_problem(tmp_path):
+    path = write_lines(tmp_path, "CoLA/train.tsv", [["source", "label", "mark", "sentence"], ["gj04", "1", "", "A."]])
+    assert_data_error(lambda: glue.read_examples(tmp_path, "cola", "train"), f"{path}:1: unknown label 'label'",
+                      "CoLA's train and dev files have no header row")
+
+
+def test_iter_text_lines_ignores_blank_lines_at_the_end_only(tmp_path):
+    """Issue 23, item 5: most editors end a file with a blank line."""
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"one\n\n  \ntwo\r\n\n \t\n\r\n")
+    assert list(glue.iter_text_lines(path)) == [(1, "one"), (2, ""), (3, "  "), (4, "two")]
+    path.write_bytes(b"\n\n")
+    assert list(glue.iter_text_lines(path)) == []
+
+
 def test_reader_skips_blank_lines_and_utf8_bom(tmp_path):
     path = tmp_path / "SST-2/dev.tsv"
     path.parent.mkdir(parents=True)
@@ -417,7 +516,7 @@ def test_non_utf8_bytes_name_file_and_line(tmp_path):
     ("mnli", "MNLI/dev_matched.tsv",
      [MNLI_BASE + ["label1", "label2", "label3", "label4", "label5", "gold_label"],
       mnli_row(0, "a", "b", ["neutral", "neutral"])], ":2: expected 16 fields, got 12"),
-    ("sts", "STS-B/test.tsv", [["index"], ["0", "main-news", "a", "b"]], ":2: expected 9 fields, got 4"),
+    ("sts", "STS-B/test.tsv", [STS_COLUMNS[:9], ["0", "main-news", "a", "b"]], ":2: expected 9 fields, got 4"),
 ])
 def test_short_row_names_file_line_and_counts(tmp_path, task, rel, lines, expected):
     path = write_lines(tmp_path, rel, lines)
@@ -434,7 +533,7 @@ def test_unknown_label_names_file_line_and_label(tmp_path):
 @pytest.mark.parametrize("score", ["high", "7.5", "nan", ""])
 def test_bad_sts_score_names_file_line_and_score(tmp_path, score):
     path = write_lines(tmp_path, "STS-B/dev.tsv", [
-        ["index"], ["0", "g", "f", "y", "o", "s1", "s2", "a", "b", score]])
+        STS_COLUMNS, ["0", "g", "f", "y", "o", "s1", "s2", "a", "b", score]])
     assert_data_error(lambda: glue.read_examples(tmp_path, "sts", "dev"), f"{path}:2:", repr(score))
 
 
@@ -447,7 +546,7 @@ def test_file_without_examples_is_an_error(tmp_path, content):
 
 
 def test_qqp_file_with_only_malformed_rows_has_no_examples(tmp_path):
-    path = write_lines(tmp_path, "QQP/dev.tsv", [["id"], ["0", "1", "2", "q1", "1"]])
+    path = write_lines(tmp_path, "QQP/dev.tsv", [QQP_COLUMNS, ["0", "1", "2", "q1", "1"]])
     assert_data_error(lambda: glue.read_examples(tmp_path, "qqp", "dev"), str(path), "no examples")
 
 

@@ -33,17 +33,19 @@ benchmarks/gpu_check.py runs the real one on a GPU.
 """
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import subprocess
 import sys
 
+import conftest
 import pytest
 import torch
 from capture_gradients import recording
+from conftest import write_tiny_config
+from references import relative_gradient_error
 from torch import nn
 
-import demo_data
 import glue
 import run_multi_task
 import training
@@ -56,9 +58,10 @@ SEQ = 32
 
 
 @pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
+def glue_dir(tmp_path_factory, make_glue_dir):
+    """The demo data with CoLA's and STS-B's training files cut to TRAIN_SIZES."""
     folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
+    shutil.copytree(make_glue_dir(seed=3, scale=0.3), folder, dirs_exist_ok=True)
     for task, size in TRAIN_SIZES.items():
         path = folder / glue.TASKS[task].folder / "train.tsv"
         lines = path.read_text().splitlines()
@@ -70,21 +73,14 @@ def glue_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "config.json"
-    path.write_text(json.dumps(dict(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=128, type_vocab_size=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        mult=True, pals=True, hidden_size_aug=12)))
-    return path
+    return write_tiny_config(tmp_path_factory.mktemp("config") / "config.json", 30522, dropout=0.0)
 
 
 def run_args(glue_dir, config_file, vocab_file, output_dir, *extra):
-    return [str(a) for a in [
-        "--data_dir", glue_dir, "--bert_config_file", config_file, "--vocab_file", vocab_file,
-        "--output_dir", output_dir, "--tasks", ",".join(TRAIN_SIZES), "--do_lower_case", "--max_seq_length", SEQ,
-        "--train_batch_size", "8", "--seed", "7", "--no_plot", "--do_train", "--replicate_original",
-        "--sample", "rr", "--learning_rate", "0", "--num_train_epochs", "1", "--steps_per_epoch", STEPS,
-        "--no_save_adapters", "--save_checkpoints_steps", "0", *extra]]
+    return conftest.run_args(
+        glue_dir, config_file, vocab_file, output_dir, "--do_train", "--replicate_original", "--sample", "rr",
+        "--learning_rate", "0", "--num_train_epochs", "1", "--steps_per_epoch", STEPS, "--no_save_adapters",
+        "--save_checkpoints_steps", "0", *extra, tasks=",".join(TRAIN_SIZES), seq=SEQ, batch=8, seed=7)
 
 
 def run_in_process(args, models=None):
@@ -97,15 +93,7 @@ def run_in_process(args, models=None):
 
 def relative_error(got: dict, want: dict) -> float:
     """The largest per-tensor error (see the module docstring); None gradients must match."""
-    assert got.keys() == want.keys()
-    largest = max(g.norm().item() for g in want.values() if g is not None)
-    worst = 0.0
-    for name, expected in want.items():
-        assert (got[name] is None) == (expected is None), name
-        if expected is not None:
-            scale = max(expected.norm().item(), NEAR_ZERO * largest)
-            worst = max(worst, (got[name] - expected).norm().item() / scale)
-    return worst
+    return relative_gradient_error(got, want, NEAR_ZERO)
 
 
 def assert_same_gradients(records, reference, layout):

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
 import glue
 import kernels
@@ -22,14 +23,6 @@ from kernels import Kernels, set_kernels
 from modeling import BertConfig, BertForMultiTask, BertModel
 
 FP32_TOLERANCE = 1e-5
-
-
-def tiny_config(**flags):
-    values = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
-                  hidden_size_aug=24, num_tasks=2)
-    values.update(flags)
-    return BertConfig(**values)
 
 
 def padded_batch(vocab_size, lengths, width=None, seed=0):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-import demo_data
 import glue
 import run_multi_task
 import tokenization
@@ -158,10 +157,8 @@ def test_the_flag_and_replicate_original_turn_grouping_off(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo_glue(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=0)
-    return folder
+def demo_glue(make_glue_dir):
+    return make_glue_dir(seed=0, scale=1.0)
 
 
 def make_trainer(folder, vocab_file, output_dir, tasks, group_by_length, config, init_checkpoint=None,
@@ -234,6 +231,7 @@ def test_scores_are_not_worse_than_with_plain_shuffling(demo_glue, vocab_file, m
             scores[grouped].append(result["glue_average"])
     grouped, plain = np.array(scores[True]), np.array(scores[False])
     print(f"SST-2 accuracy over seeds {SCORE_SEEDS}: grouped {grouped}, plain {plain}")
-    assert plain.mean() > 0.7, plain  # it learned (majority class: 0.48), so the comparison means something
+    # it learned (the demo's criterion: 0.10 over the majority class, 0.48), so the comparison means something
+    assert plain.mean() > 0.58, plain
     spread = max(np.ptp(plain), np.ptp(grouped))
     assert grouped.mean() >= plain.mean() - spread, (grouped, plain)

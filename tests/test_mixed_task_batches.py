@@ -3,6 +3,8 @@ call per task, for every architecture in configs/ (MiniLM size, real MiniLM BERT
 random-initialised adapters), and bad task ids are one-line errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,24 +33,12 @@ TEXTS = [
     ("A woman slices an onion.", "A woman is cutting an onion."),
     ("Him saw the dog the.", None),
 ]
-CONFIGS = {
-    "bert": ("minilm_bert_config.json", {}),
-    "pals": ("minilm_pals_config.json", {}),
-    "low_rank": ("minilm_low_rank_config.json", {}),
-    "houlsby": ("minilm_houlsby_config.json", {}),
-    "houlsby_plus_pals": ("minilm_houlsby_plus_pals_config.json", {}),
-    "top_attn": ("minilm_top_attn_config.json", {}),
-    "top_bert_layer": ("minilm_top_bert_layer_config.json", {}),
-    "lhuc": ("minilm_lhuc_config.json", {}),
-    "pals_lhuc": ("minilm_pals_config.json", {"lhuc": True}),
-    "houlsby_lhuc": ("minilm_houlsby_config.json", {"lhuc": True}),
-}
+# Every MiniLM-size config file in configs/ (named by its architecture), and two mixes.
+CONFIGS = {path.name.removeprefix("minilm_").removesuffix("_config.json"): (path.name, {})
+           for path in sorted((Path(__file__).resolve().parent.parent / "configs").glob("minilm_*_config.json"))}
+CONFIGS["pals_lhuc"] = ("minilm_pals_config.json", {"lhuc": True})
+CONFIGS["houlsby_lhuc"] = ("minilm_houlsby_config.json", {"lhuc": True})
 TOLERANCE = 1e-5
-
-
-def test_every_minilm_config_is_covered(repo_root):
-    shipped = {path.name for path in (repo_root / "configs").glob("minilm_*_config.json")}
-    assert shipped == {file for file, _ in CONFIGS.values()}
 
 
 @pytest.fixture(scope="module")

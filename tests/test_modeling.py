@@ -1,19 +1,23 @@
 """modeling.py: parity with transformers on real weights, every architecture, keys,
 parameter counts, configs and checkpoint loading."""
 import copy
+import dataclasses
 import itertools
 import json
 import logging
 import math
 import pickle
 import re
+from pathlib import Path
 
+import conftest
 import pytest
 import torch
 import torch.nn.functional as F
 
 import modeling
 from checkpointing import load_pretrained_weights
+from configuration import ARCHITECTURE_FLAGS
 from errors import CheckpointError
 from modeling import (
     BertConfig,
@@ -25,6 +29,8 @@ from modeling import (
     ConfigError,
     count_parameters,
 )
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 SENTENCE_PAIRS = [
     ("The cat sat on the mat.", "A cat was sitting on a rug."),
@@ -138,11 +144,7 @@ def original_self_attention(module, hidden, mask):
 
 
 def tiny_config(**flags):
-    values = dict(vocab_size=99, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=37, max_position_embeddings=64, type_vocab_size=2,
-                  hidden_size_aug=24, num_tasks=3)
-    values.update(flags)
-    return BertConfig(**values)
+    return conftest.tiny_config(**{"num_tasks": 3, **flags})
 
 
 def test_layer_norm_equals_the_original_formula():
@@ -403,20 +405,26 @@ def test_original_initialisation():
 GLUE_LABELS = [2, 2, 3, 2, 1, 2, 2, 2]
 
 
-@pytest.mark.parametrize("config_file, expected", [
-    ("bert_base_config.json", 109_494_544),
-    ("pals_config.json", 124_053_232),
-    ("low_rank_config.json", 124_323_472),
-    ("top_attn_config.json", 120_058_096),
-    ("houlsby_config.json", 124_397_200),
-    ("houlsby_plus_pals_config.json", 125_923_888),
-    ("top_bert_layer_config.json", 166_197_520),
-])
-def test_bert_base_parameter_counts(repo_root, config_file, expected):
+BERT_BASE_COUNTS = {
+    "bert_base_config.json": 109_494_544,
+    "pals_config.json": 124_053_232,
+    "low_rank_config.json": 124_323_472,
+    "top_attn_config.json": 120_058_096,
+    "houlsby_config.json": 124_397_200,
+    "houlsby_plus_pals_config.json": 125_923_888,
+    "top_bert_layer_config.json": 166_197_520,
+    "lhuc_config.json": 109_494_544 + 12 * 8 * 768,  # BERT-base + one H-vector per layer and task
+}
+BERT_BASE_CONFIGS = sorted(path.name for path in CONFIG_DIR.glob("*.json") if not path.name.startswith("minilm_"))
+
+
+@pytest.mark.parametrize("config_file", BERT_BASE_CONFIGS)
+def test_bert_base_parameter_counts(repo_root, config_file):
+    """Every BERT-base config file: a new one fails here until its count is written above."""
     config = BertConfig.from_json_file(repo_root / "configs" / config_file).replace(num_tasks=8)
     with torch.device("meta"):  # shapes only: no memory, no time
         model = BertForMultiTask(config, GLUE_LABELS)
-    assert count_parameters(model) == expected
+    assert count_parameters(model) == BERT_BASE_COUNTS[config_file]
 
 
 def test_bert_model_alone_has_the_original_count(repo_root):
@@ -480,6 +488,34 @@ def test_config_round_trip_keeps_every_key(repo_root):
         again = BertConfig.from_dict(json.loads(config.to_json_string()))
         assert again == config, path.name
         assert set(json.loads(path.read_text())) <= set(config.to_dict())
+
+
+def test_config_is_checked_once_and_cannot_change_afterwards():
+    config = tiny_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.hidden_size = 50  # would pass by the check that 4 heads divide it
+    with pytest.raises(ConfigError, match="'hidden_size' \\(50\\) is not divisible"):
+        config.replace(hidden_size=50)
+
+
+def test_the_original_extra_dim_key_sets_the_low_rank_width(repo_root):
+    """houlsby_plus_pals_config.json (spec 1.5.4): low-rank 50 after attention, PAL 156 in FFN position."""
+    config = BertConfig.from_json_file(repo_root / "configs" / "houlsby_plus_pals_config.json")
+    assert (config.extra_dim, config.hidden_size_aug) == (50, 156)
+    with torch.device("meta"):
+        layer = BertModel(config).encoder.layer[0]
+    assert layer.attention.output.multi_layers[0].aug_dense.out_features == 50
+    assert layer.output.multi_layers[0].aug_dense.out_features == 156
+
+
+def test_every_shipped_architecture_is_among_those_tested(repo_root):
+    """The architectures above are built from flags; each config file's must be one of them."""
+    def architecture(config):
+        return tuple(getattr(config, flag) for flag in ARCHITECTURE_FLAGS), config.adapter_name, bool(config.extra_dim)
+
+    tested = {architecture(tiny_config(**flags)) for flags, _ in ARCHITECTURES.values()}
+    for path in sorted((repo_root / "configs").glob("*.json")):
+        assert architecture(BertConfig.from_json_file(path)) in tested, path.name
 
 
 def test_hugging_face_config_is_accepted(minilm_dir):

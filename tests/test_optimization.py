@@ -1,6 +1,6 @@
 """Tests for optimization.py (BERTAdam and its schedules).
 
-The central test replays a short trajectory computed independently here, with NumPy
+The central test replays a short trajectory computed independently (tests/references.py), with NumPy
 float64 arithmetic straight from the formulas (no code shared with optimization.py):
 per-tensor clipping, no bias correction, epsilon outside the square root, decoupled
 weight decay, warmup_linear with its jump, per-parameter step counters with learning
@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from references import bertadam_trajectory
 
 import optimization
 from optimization import SCHEDULES, BERTAdam, BertAdam
@@ -23,53 +24,11 @@ B1, B2, EPS, MAX_NORM = 0.9, 0.999, 1e-6, 1.0
 LR, WARMUP, T_TOTAL, N_STEPS = 0.1, 0.5, 8, 6
 DECAY = 0.01
 
-# ---------------------------------------------------------------------------------------
-# Independent reference
-# ---------------------------------------------------------------------------------------
-
-
-def reference_schedule(x, warmup):
-    """warmup_linear, written from the specification."""
-    return x / warmup if x < warmup else 1.0 - x
-
 
 def reference_trajectory(initial, grads, decay, zero_grad_updates):
-    """Replay BERTAdam by hand in float64.
-
-    Args:
-        initial: dict name -> initial parameter array (iteration order = update order).
-        grads: dict name -> list (one per step) of gradient arrays or None.
-        decay: dict name -> weight decay rate.
-        zero_grad_updates: treat a None gradient as zeros once the parameter has state.
-
-    Returns:
-        List (one per step) of dicts name -> parameter array after that step, and the
-        final per-parameter step counters.
-    """
-    params = {name: value.copy() for name, value in initial.items()}
-    m, v, steps = {}, {}, {}
-    history = []
-    for k in range(N_STEPS):
-        for name in initial:
-            g = grads[name][k]
-            if g is None:
-                if not (zero_grad_updates and name in steps):
-                    continue
-                g = np.zeros_like(params[name])
-            if name not in steps:
-                m[name], v[name], steps[name] = np.zeros_like(g), np.zeros_like(g), 0
-            norm = math.sqrt(float(np.sum(g * g)))
-            coef = MAX_NORM / (norm + 1e-6)
-            if coef < 1.0:
-                g = g * coef
-            m[name] = B1 * m[name] + (1 - B1) * g
-            v[name] = B2 * v[name] + (1 - B2) * g * g
-            update = m[name] / (np.sqrt(v[name]) + EPS) + decay[name] * params[name]
-            lr_t = LR * reference_schedule(steps[name] / T_TOTAL, WARMUP)
-            params[name] = params[name] - lr_t * update
-            steps[name] += 1
-        history.append({name: value.copy() for name, value in params.items()})
-    return history, steps
+    """BERTAdam replayed by hand in float64 (tests/references.py) over this file's scenario."""
+    return bertadam_trajectory(initial, grads, decay, lr=LR, warmup=WARMUP, t_total=T_TOTAL, steps=N_STEPS,
+                               zero_grad_updates=zero_grad_updates, b1=B1, b2=B2, eps=EPS, max_norm=MAX_NORM)
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,3 +495,34 @@ def test_loads_a_state_dict_in_the_earlier_layout(fused):
     p.grad = None  # zero_grad_updates came from the saved group: a zero-gradient update
     optimizer.step()
     assert optimizer.state[p]["step"] == 4
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_bias_correction_is_torch_adamw(fused):
+    """With bias correction, no clipping and a constant learning rate, BERTAdam is
+    AdamW (epsilon outside the square root of the corrected v, as AdamW's)."""
+    torch.manual_seed(0)
+    ours = [torch.randn(7, 5), torch.randn(5)]
+    theirs = [p.clone() for p in ours]
+    mine = BERTAdam(ours, lr=0.01, bias_correction=True, max_grad_norm=0.0, weight_decay_rate=0.01,
+                    fused=fused)
+    adamw = torch.optim.AdamW(theirs, lr=0.01, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in ours]
+        for p, q, g in zip(ours, theirs, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        mine.step()
+        adamw.step()
+    for p, q in zip(ours, theirs):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+
+
+def test_bias_correction_first_update_is_the_learning_rate():
+    """Adam's first step moves each element by lr * sign(g) (|m_hat| = sqrt(v_hat) = |g|);
+    BERT's rule moves it by lr * (1 - b1) / sqrt(1 - b2) = 3.16 lr."""
+    for corrected, factor in ((True, 1.0), (False, 0.1 / math.sqrt(0.001))):
+        p = torch.zeros(4, dtype=torch.float64)
+        optimizer = BERTAdam([p], lr=1e-3, e=0.0, weight_decay_rate=0.0, bias_correction=corrected)
+        p.grad = torch.tensor([0.5, -2.0, 3.0, -1e-3], dtype=torch.float64)
+        optimizer.step()
+        torch.testing.assert_close(p, -1e-3 * factor * torch.sign(p.grad))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +16,6 @@ import pytest
 import torch
 
 import checkpointing
-import demo_data
 import extract_features
 import glue
 import inference
@@ -29,10 +30,8 @@ EVAL_BATCH_SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=4, scale=0.3)
-    return folder
+def glue_dir(make_glue_dir):
+    return make_glue_dir(seed=4, scale=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +66,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def run_predict(run_dir, input_file, output_file, *extra) -> int:
-    return predict.main(["--model_dir", str(run_dir), "--input_file", str(input_file),
+    """predict.py with unrounded numbers (--full_precision), as these tests compare them exactly."""
+    return predict.main(["--model_dir", str(run_dir), "--input_file", str(input_file), "--full_precision",
                          "--output_file", str(output_file), "--max_seq_length", "64", *map(str, extra)])
 
 
@@ -526,3 +526,168 @@ def test_a_folder_without_weights_names_what_it_looked_for(tmp_path):
                         intermediate_size=8)
     with pytest.raises(CheckpointError, match="holds none of model.safetensors, pytorch_model.bin, best_model.pth"):
         checkpointing.load_pretrained_weights(BertForMultiTask(config, [2]), tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# What a user gets wrong must be said (issue 23)
+# ---------------------------------------------------------------------------------------
+
+def shared_bert_of_another_run(run_dir: Path, path: Path) -> Path:
+    """The run's best_model.pth with one shared BERT weight moved a little: what the
+    shared BERT of another run of the same architecture is to these adapters."""
+    state = torch.load(run_dir / checkpointing.BEST_MODEL_FILE, weights_only=True)
+    state["bert.pooler.dense.weight"] = state["bert.pooler.dense.weight"] + 1e-3
+    torch.save(state, path)
+    return path
+
+
+def test_adapters_record_what_they_were_trained_with(run_dir):
+    from safetensors import safe_open
+    with safe_open(str(run_dir / "adapters" / "sst.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert json.loads(metadata["do_lower_case"]) is True and json.loads(metadata["max_seq_length"]) == 64
+    assert len(metadata["vocab_sha256"]) == 64 and len(metadata["shared_bert_sha256"]) == 64
+    # Without --max_seq_length and lower-casing flags, from_adapters takes the run's own.
+    rebuilt = Predictor.from_adapters(run_dir / "best_model.pth", [run_dir / "adapters" / "sst.safetensors"],
+                                      run_dir / "vocab.txt")
+    assert rebuilt.max_seq_length == 64 and rebuilt.tokenizer.tokenize("The CAT") == ["the", "cat"]
+
+
+def test_adapters_beside_another_shared_bert_are_refused(run_dir, tmp_path, capsys):
+    """Issue 23, item 3: one run's BERT with another run's adapter gave probabilities near
+    0.5 without a word."""
+    other = shared_bert_of_another_run(run_dir, tmp_path / "other_best_model.pth")
+    adapter = run_dir / "adapters" / "cola.safetensors"
+    with pytest.raises(CheckpointError, match=r"cola.safetensors: trained beside another shared BERT"):
+        Predictor.from_adapters(other, [adapter], run_dir / "vocab.txt")
+    input_file = write_lines(tmp_path / "in.txt", ["fine"])
+    code = predict.main(["--init_checkpoint", str(other), "--adapter_checkpoints", str(adapter), "--vocab_file",
+                         str(run_dir / "vocab.txt"), "--input_file", str(input_file), "--output_file",
+                         str(tmp_path / "out.jsonl"), "--task", "cola"])
+    assert code == 2
+    assert_one_error_line(capsys, f"{adapter}: trained beside another shared BERT")
+    assert not (tmp_path / "out.jsonl").exists()
+    # ... and the same for run_multi_task.py, which rebuilds models the same way
+    with pytest.raises(CheckpointError, match="trained beside another shared BERT"):
+        checkpointing.build_model_from_adapters(other, [adapter])
+
+
+def short_vocabulary(run_dir: Path, path: Path, entries: int = 3000) -> Path:
+    """The run's vocabulary cut to its first ``entries`` tokens (ids still fit the model)."""
+    lines = (run_dir / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    return write_lines(path, lines[:entries])
+
+
+def test_another_vocabulary_is_refused_with_adapters_and_warned_about_in_a_run_folder(run_dir, tmp_path, capsys,
+                                                                                       caplog):
+    """Issue 23, item 3: a 3,000-entry vocabulary flipped predictions without a warning."""
+    vocab = short_vocabulary(run_dir, tmp_path / "vocab3000.txt")
+    input_file = write_lines(tmp_path / "in.txt", ["a gripping, beautifully acted film"])
+    code = predict.main(["--init_checkpoint", str(run_dir / "best_model.pth"), "--adapter_checkpoints",
+                         str(run_dir / "adapters" / "sst.safetensors"), "--vocab_file", str(vocab), "--input_file",
+                         str(input_file), "--output_file", str(tmp_path / "out.jsonl"), "--task", "sst"])
+    assert code == 2
+    assert_one_error_line(capsys, f"{vocab}: not the vocabulary the adapters were trained with")
+    # A run folder whose vocab.txt was replaced: what training warns about, predict.py does too.
+    folder = copy_run(run_dir, tmp_path / "run")
+    shutil.copy(vocab, folder / "vocab.txt")
+    with caplog.at_level(logging.WARNING, logger="predict"):
+        assert run_predict(folder, input_file, tmp_path / "out.jsonl", "--task", "sst") == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{folder / 'vocab.txt'} has 3000 entries but the model's vocab_size is 30522" in " ".join(warnings)
+
+
+def test_adapter_loading_does_not_say_the_adapters_keep_their_initialisation(run_dir, caplog):
+    """Issue 23, item 8: the task modules are loaded from the adapter files right after."""
+    with caplog.at_level(logging.INFO):
+        Predictor.from_adapters(run_dir / "best_model.pth", [run_dir / "adapters" / "rte.safetensors"],
+                                run_dir / "vocab.txt")
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert "keep their initialisation" not in line
+    assert "tensors of task modules are loaded next from the adapter files (rte.safetensors)" in line
+
+
+def test_where_the_model_of_a_run_folder_comes_from_is_logged(run_dir, caplog):
+    """Issue 23, item 4 (a finished run; the unfinished ones are in test_first_use.py)."""
+    with caplog.at_level(logging.INFO, logger="predict"):
+        Predictor.from_run(run_dir)
+    lines = [r.getMessage() for r in caplog.records if r.name == "predict"]
+    assert any(line.startswith(f"{run_dir}: the best model of epoch 0 (step 9, GLUE average ")
+               and line.endswith("; the run finished (step 9, 1 epochs)") for line in lines), lines
+
+
+def test_blank_lines_at_the_end_are_ignored_and_between_examples_explained(run_dir, tmp_path, capsys):
+    """Issue 23, item 5: most editors end a file with a blank line."""
+    input_file = tmp_path / "trailing.txt"
+    input_file.write_bytes(b"a fine film\nan awful film\n\n\n")
+    assert run_predict(run_dir, input_file, tmp_path / "out.jsonl", "--task", "sst") == 0
+    assert [r["line"] for r in read_jsonl(tmp_path / "out.jsonl")] == [1, 2]
+    input_file.write_bytes(b"a fine film\n\nan awful film\n")
+    assert run_predict(run_dir, input_file, tmp_path / "out.jsonl", "--task", "sst") == 2
+    assert_one_error_line(capsys, "trailing.txt:2: empty line between examples: every line is one example with "
+                                  "its own results, and skipping it would shift the results against the input lines")
+
+
+def test_probabilities_have_three_decimals_unless_full_precision(run_dir, tmp_path, capsys, caplog):
+    """Issue 23, items 10 and 8: 3 decimals by default; the tasks asked for are logged,
+    and standard output is called so."""
+    input_file = write_lines(tmp_path / "in.txt", LINES)
+    common = ["--model_dir", str(run_dir), "--input_file", str(input_file), "--task", "sst,sts"]
+    assert predict.main([*common, "--output_file", str(tmp_path / "full.jsonl"), "--full_precision"]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="predict"):
+        assert predict.main([*common, "--output_file", "-"]) == 0
+    short = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    full = read_jsonl(tmp_path / "full.jsonl")
+    assert [r["label"] for r in short] == [r["label"] for r in full]
+    for rounded, exact in zip(short, full):
+        if "probabilities" in exact:
+            assert rounded["probabilities"] == {k: round(v, 3) for k, v in exact["probabilities"].items()}
+            assert any(len(repr(v).split(".")[1]) > 3 for v in exact["probabilities"].values())
+        else:
+            assert rounded["score"] == round(exact["score"], 3)
+    messages = [r.getMessage() for r in caplog.records if r.name == "predict"]
+    assert any(m.startswith("tasks sst, sts (the model has cola, mrpc,") for m in messages), messages
+    assert "wrote 6 predictions to standard output" in messages
+
+
+def test_the_api_works_from_any_folder_as_the_readme_says(run_dir, repo_root, tmp_path):
+    """Issue 23, item 7: the modules live at the repository root, not in an installed
+    package. The README's instruction (put the root on the path: PYTHONPATH, or
+    sys.path.insert) is run from another folder, and without it the import fails."""
+    code = (f"from inference import Predictor\n"
+            f"predictor = Predictor.from_run({str(run_dir)!r})\n"
+            f"print(predictor('sst', ['a gripping film'])[0]['label'])\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    def python(source, **extra_env):
+        return subprocess.run([sys.executable, "-c", source], cwd=elsewhere, capture_output=True, text=True,
+                              timeout=300, env={**env, **extra_env})
+
+    without = python(code)
+    assert without.returncode != 0 and "No module named 'inference'" in without.stderr
+    with_path = python(code, PYTHONPATH=str(repo_root))  # export PYTHONPATH=/path/to/the/repository
+    assert with_path.returncode == 0, with_path.stderr
+    assert with_path.stdout.strip() in ("0", "1")
+    in_python = python(f"import sys\nsys.path.insert(0, {str(repo_root)!r})\n" + code)
+    assert in_python.returncode == 0, in_python.stderr
+    assert in_python.stdout == with_path.stdout
+
+
+def test_help_agrees_with_itself(capsys):
+    """Issue 23, item 9: no '(default: None)', and no default said twice."""
+    import convert_tf_checkpoint_to_pytorch
+    for module in (predict, run_multi_task, extract_features, convert_tf_checkpoint_to_pytorch):
+        with pytest.raises(SystemExit):
+            module.main(["--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text, module.__name__
+        for entry in re.split(r" (?=--\w)", text):
+            assert entry.count("default") <= 1, (module.__name__, entry)
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("(default: the training run's own value, from its args.json or what the adapter files record; 128 "
+            "for files of earlier versions)") in text

@@ -981,8 +981,8 @@ def test_a_failing_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
     checkpointing.atomic_torch_save({"step": torch.tensor(1)}, path)
 
-    def half_then_crash(obj, destination):
-        Path(destination).write_bytes(b"PK\x03\x04 half a zip file")
+    def half_then_crash(obj, destination):  # destination: the temporary file, opened for writing
+        destination.write(b"PK\x03\x04 half a zip file")
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(checkpointing.torch, "save", half_then_crash)

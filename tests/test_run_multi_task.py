@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
+from conftest import write_tiny_config
 
 import checkpointing
-import demo_data
 import glue
 import modeling
 import run_multi_task
@@ -24,27 +25,13 @@ TASKS = "cola,sts,mnli"  # a classifier, the regression task, and a task with tw
 
 
 def tiny_config(path: Path, dropout: float = 0.1, **flags) -> Path:
-    values = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                  intermediate_size=64, max_position_embeddings=128, type_vocab_size=2,
-                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-                  mult=True, pals=True, hidden_size_aug=12)
-    values.update(flags)
-    path.write_text(json.dumps(values))
-    return path
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("glue")
-    demo_data.write_demo_glue(folder, seed=3, scale=0.3)
-    return folder
+    return write_tiny_config(path, 30522, dropout, **flags)
 
 
 def cli_args(glue_dir, config, vocab_file, output_dir, *extra, tasks=TASKS):
-    return ["--data_dir", str(glue_dir), "--bert_config_file", str(config), "--vocab_file", str(vocab_file),
-            "--output_dir", str(output_dir), "--tasks", tasks, "--do_lower_case", "--max_seq_length", "64",
-            "--train_batch_size", "8", "--eval_batch_size", "16", "--seed", "7", "--no_plot",
-            "--keep_last_checkpoint", *extra]  # the tests read the final training state from last.pt
+    return conftest.run_args(glue_dir, config, vocab_file, output_dir, "--eval_batch_size", "16",
+                             "--keep_last_checkpoint",  # the tests read the final training state from last.pt
+                             *extra, tasks=tasks, seq=64, batch=8)
 
 
 def run_cli(args):
