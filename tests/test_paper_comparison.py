@@ -97,3 +97,10 @@ def test_parameter_counts_for_the_eight_tasks(repo_root, minilm_dir):
     assert single == {"total": 8 * bert + HEAD_PARAMETERS, "task_specific": 8 * bert + HEAD_PARAMETERS}
     pals = paper_comparison.parameter_counts(demo.CONFIG, separate=False)
     assert pals["total"] - pals["task_specific"] == bert and pals["task_specific"] > HEAD_PARAMETERS
+
+
+def test_cells_are_median_min_max_over_seeds():
+    assert paper_comparison.spread([0.9, 0.1, 0.2]) == {"median": 0.2, "min": 0.1, "max": 0.9}
+    assert paper_comparison.shown(paper_comparison.spread([0.9, 0.1, 0.2])) == "0.200 (0.100-0.900)"
+    assert paper_comparison.spread([0.5, None]) is None  # a seed whose task was never drawn: no cell
+    assert paper_comparison.shown(None) == "-"
