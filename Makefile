@@ -27,13 +27,19 @@ $(STAMP): requirements.txt requirements-test.txt constraints.txt
 demo: $(STAMP)
 	$(PY) demo.py
 
+# The suite runs on TEST_WORKERS pytest-xdist workers with one torch thread each: most of
+# a test's time is Python, not matmuls, so one process left the second core idle. A test
+# file stays on one worker (--dist loadfile), so its module fixtures are built once.
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -26,7 +26,12 @@ CONFIG = ROOT / "configs" / "minilm_pals_config.json"
 TRAINING_FLAGS = [
     "--tasks", "all", "--sample", "anneal", "--multi", "--do_train", "--do_eval", "--do_predict",
     "--do_lower_case", "--max_seq_length", "64", "--train_batch_size", "16", "--eval_batch_size", "64",
-    "--learning_rate", "5e-5", "--num_train_epochs", "3", "--steps_per_epoch", "200",
+    "--learning_rate", "5e-5", "--num_train_epochs", "3", "--steps_per_epoch", "300",
+    # No warm-up: BERTAdam schedules each parameter by its own update count, and a task's
+    # adapters and head are updated only on the steps that draw it, so RTE and MRPC (drawn
+    # about 70 times) would end the run still inside a warm-up of 10% of 900 = 90 updates.
+    # Adam's bias correction keeps the first updates in scale without one.
+    "--warmup_proportion", "0",
     "--save_checkpoints_steps", "0", "--overwrite_output_dir",
 ]
 SEED = 42
@@ -83,8 +88,7 @@ def print_results_table(output_dir: Path = OUTPUT_DIR) -> None:
               f"{verdict:<3} (>= {row['needed']:.3f})")
     missed = [key for key, row in found["tasks"].items() if not row["learned"]]
     if missed:
-        print(f"\nNot learned: {', '.join(missed)}. MRPC and RTE, the two smallest tasks (160 and 140 "
-              f"training pairs), do not learn on every seed yet: README, 'Why tasks stayed at their baseline'.")
+        print(f"\nNot learned: {', '.join(missed)}: README, 'Why tasks stayed at their baseline'.")
     print(f"\nPlot: {output_dir / 'training_curves.png'}; submissions: {output_dir / 'submission'}")
 
 

@@ -100,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     added.add_argument("--no_group_by_length", action="store_true",
                        help="shuffle training batches plainly instead of grouping similar lengths "
                             "(grouping is off under --replicate_original)")
-    added.add_argument("--skip_unsampled_updates", action="store_true",
-                       help="do not update a task's parameters on steps that drew another task")
+    added.add_argument("--update_unsampled", action="store_true",
+                       help="once a task has been drawn, let BERTAdam move its parameters (momentum, "
+                            "weight decay) on every step, drawn or not, as the original's in-place "
+                            "zero_grad did (also under --replicate_original)")
     added.add_argument("--task_learning_rate", type=float, default=TASK_LEARNING_RATE,
                        help="peak learning rate of the task-specific parameters (adapters and heads, "
                             "which start from random values); the shared BERT keeps --learning_rate. "
@@ -419,7 +421,7 @@ def settings_from_args(args, output_dir: Path, num_tasks: int,
         bias_correction=not (args.no_bias_correction or original),
         task_learning_rate=None if original or not args.task_learning_rate else args.task_learning_rate,
         scale_regression=not (args.no_scale_regression or original),
-        skip_unsampled_updates=args.skip_unsampled_updates, save_checkpoints_steps=args.save_checkpoints_steps,
+        skip_unsampled_updates=not (args.update_unsampled or original), save_checkpoints_steps=args.save_checkpoints_steps,
         bf16=args.bf16, fp16=args.fp16, skip_nonfinite_loss=args.skip_nonfinite_loss,
         save_adapters=not args.no_save_adapters, plot=not args.no_plot,
         keep_epoch_checkpoints=args.keep_epoch_checkpoints, keep_last_checkpoint=args.keep_last_checkpoint,

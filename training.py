@@ -66,7 +66,7 @@ RESUME_INVARIANT_SETTINGS = {
     "--seed": "seed", "--max_seq_length": "max_seq_length", "--optim": "split_attention_optimizer",
     # --replicate_original sets several fields at once; replay_first_pass is true exactly under it.
     "--replicate_original": "replay_first_pass", "--original_sizes": "use_original_sizes",
-    "--skip_unsampled_updates": "skip_unsampled_updates", "--bf16": "bf16", "--fp16": "fp16",
+    "--update_unsampled": "skip_unsampled_updates", "--bf16": "bf16", "--fp16": "fp16",
     "--do_lower_case": "do_lower_case", "--freeze": "freeze", "--layer_norm_init": "layer_norm_init",
     "--no_group_by_length": "group_by_length",
     "--no_bias_correction": "bias_correction", "--task_learning_rate": "task_learning_rate",
@@ -582,9 +582,14 @@ class TrainingSettings:
     dropout_off_after_first_eval: bool = False  # the original's model.eval() that was never undone
     use_original_sizes: bool = False  # sample by the original's hard-coded task sizes
     split_attention_optimizer: bool = False
-    skip_unsampled_updates: bool = False
     # What this port does to learn every task in a short run (issue 19; README "Why tasks
-    # stayed at their baseline"); --replicate_original turns all three off:
+    # stayed at their baseline"); --replicate_original turns all four off:
+    # a task's parameters move only on the steps that draw it. The original's in-place
+    # zero_grad let BERTAdam move them on every step after their first draw, and Adam's
+    # second moment then averages in the zero gradients of the other steps: a task drawn
+    # with probability p takes steps about 1/sqrt(p) times larger per draw, the rarest
+    # tasks the largest (benchmarks/README.md has the figures).
+    skip_unsampled_updates: bool = True
     bias_correction: bool = True  # Adam's bias correction in BERTAdam
     task_learning_rate: float | None = None  # peak LR of adapters and heads (None: learning_rate)
     scale_regression: bool = True  # regression heads start at the mean label; MSE over the label variance

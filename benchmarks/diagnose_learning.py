@@ -11,8 +11,8 @@ rates, and a finished run's losses and predictions (issue 19, "Diagnose").
    scheme, from the real training-set sizes (anneal changes per epoch); then, for
    --sample and --seed, the run's own draws (the trainer's TaskSampler) and the
    learning rate each task's parameters see. BERTAdam counts steps per parameter from
-   the task's first draw (then on every step, or only on the task's draws under
-   --skip_unsampled_updates): each task's warm-up starts at its first draw, and every
+   the task's first draw (then only on the task's draws, or on every step under
+   --update_unsampled): each task's warm-up starts at its first draw, and every
    parameter's first update is at schedule position 0, learning rate 0.
 3. With --run_dir (a finished run of run_multi_task.py or demo.py): per task the training
    loss per epoch beside the prior's loss (entropy of the training class frequencies;
@@ -59,7 +59,7 @@ from optimization import warmup_linear  # noqa: E402
 GROUPS = ("head", "pooler", "adapters", "bert")
 RUN_FLAGS = ("data_dir", "bert_config_file", "vocab_file", "init_checkpoint", "tasks", "task_id", "max_seq_length",
              "train_batch_size", "steps_per_epoch", "num_train_epochs", "sample", "learning_rate",
-             "warmup_proportion", "seed", "do_lower_case", "skip_unsampled_updates", "layer_norm_init")
+             "warmup_proportion", "seed", "do_lower_case", "update_unsampled", "layer_norm_init")
 
 
 def prior_loss(labels: np.ndarray, regression: bool) -> float:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup_proportion", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--skip_unsampled_updates", action="store_true")
+    parser.add_argument("--update_unsampled", action="store_true")
     parser.add_argument("--layer_norm_init", default="original", choices=training.LAYER_NORM_INITS)
     parser.add_argument("--run_dir", help="a finished run's output folder (section 3)")
     return cli.run_main(lambda args: diagnose(with_run_defaults(parser, args, argv)), parser.parse_args(argv))
@@ -279,7 +279,7 @@ def print_draws(args: argparse.Namespace, sizes: list[int], names: list[str]) ->
           f"at the task's first draw\n(peak {args.learning_rate:g}; 'shared' = the shared BERT's at that step)\n")
     print(f"{'task':<6}{'draws per epoch':>16}{'first draw':>11}{'lr 1st':>8}{'lr 2nd':>9}{'lr mean':>9}{'shared':>9}")
     for name, r in zip(names, draw_schedule(sizes, args.sample, steps, epochs, args.seed, args.learning_rate,
-                                            args.warmup_proportion, args.skip_unsampled_updates)):
+                                            args.warmup_proportion, not args.update_unsampled)):
         lrs = r["lrs"] + [None, None]  # a task drawn fewer than twice shows '-'
         mean = np.mean(r["lrs"]) if r["lrs"] else None
         print(f"{name:<6}{'/'.join(map(str, r['per_epoch'])):>16}{fmt(r['first'], 'd'):>11}{fmt(lrs[0], '.1e'):>8}"

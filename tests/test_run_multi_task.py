@@ -372,12 +372,13 @@ def test_sizes_come_from_the_data_unless_asked(tmp_path, glue_dir, vocab_file):
         assert _final_state(out)["sampler"]["sizes"] == expected
 
 
-def test_unsampled_task_parameters_keep_moving_by_default(tmp_path, glue_dir, vocab_file):
-    """The original's in-place zero_grad: after first use, a task's adapters are updated
-    (momentum, weight decay) even on steps that drew another task."""
+def test_unsampled_task_parameters_move_only_when_drawn_unless_update_unsampled(tmp_path, glue_dir, vocab_file):
+    """By default a task's parameters step only when the task is drawn; --update_unsampled
+    (and --replicate_original) bring back the original's in-place zero_grad: after first
+    use, a task's adapters are updated (momentum, weight decay) on every step."""
     config = tiny_config(tmp_path / "config.json")
     moved = {}
-    for flag in ([], ["--skip_unsampled_updates"]):
+    for flag in ([], ["--update_unsampled"]):
         out = tmp_path / f"zero{len(flag)}"
         assert run_cli(cli_args(glue_dir, config, vocab_file, out, "--do_train", "--do_eval", "--sample", "rr",
                                 "--num_train_epochs", "1", "--steps_per_epoch", "6", "--no_save_adapters", *flag)) == 0
@@ -385,8 +386,8 @@ def test_unsampled_task_parameters_keep_moving_by_default(tmp_path, glue_dir, vo
         moved[bool(flag)] = sorted(int(s["step"]) for s in optimizer_state.values())
     # rr over 3 tasks and 6 steps: shared parameters step 6 times; with in-place zeroing a
     # task first drawn at step k (0-based) steps 6 - k times, otherwise only twice.
-    assert moved[False][-1] == 6 and set(moved[False]) == {4, 5, 6}
-    assert set(moved[True]) == {2, 6}
+    assert moved[True][-1] == 6 and set(moved[True]) == {4, 5, 6}
+    assert set(moved[False]) == {2, 6}
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What the port changes so that short multi-task runs learn every task (issue 19):
-Adam's bias correction, a learning rate of its own for adapters and heads, and regression
-heads that start at the mean label with their MSE scaled by 1 / the label variance. Each
-is on by default, off under --replicate_original, and off with its own flag.
+Adam's bias correction, a learning rate of its own for adapters and heads, regression
+heads that start at the mean label with their MSE scaled by 1 / the label variance, and
+task parameters that move only on the steps that draw their task. Each is on by default,
+off under --replicate_original, and off with its own flag.
 
 Expected values are written here from the raw data (the STS-B scores read from the TSV
 with the csv module) and from parameter names, not from the code under test.
@@ -35,9 +36,12 @@ def settings_for(tmp_path, *flags):
 
 def test_defaults_and_the_original(tmp_path):
     default = settings_for(tmp_path)
-    assert (default.bias_correction, default.task_learning_rate, default.scale_regression) == (True, 1e-3, True)
+    assert (default.bias_correction, default.task_learning_rate, default.scale_regression,
+            default.skip_unsampled_updates) == (True, 1e-3, True, True)
     original = settings_for(tmp_path, "--replicate_original")
-    assert (original.bias_correction, original.task_learning_rate, original.scale_regression) == (False, None, False)
+    assert (original.bias_correction, original.task_learning_rate, original.scale_regression,
+            original.skip_unsampled_updates) == (False, None, False, False)
+    assert settings_for(tmp_path, "--update_unsampled").skip_unsampled_updates is False
     assert settings_for(tmp_path, "--no_bias_correction").bias_correction is False
     assert settings_for(tmp_path, "--no_scale_regression").scale_regression is False
     assert settings_for(tmp_path, "--task_learning_rate", "0").task_learning_rate is None
