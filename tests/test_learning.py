@@ -5,7 +5,7 @@ ranks against one): a loop that never changed the weights would pass them. These
 that the weights move the right way:
 
 - the demo's run (make demo's data, flags and MiniLM weights, another seed) learns every
-  task: each classification task's dev score beats its majority baseline by 0.1, CoLA's
+  task: each classification task's dev score beats its majority baseline by 0.05, CoLA's
   MCC reaches 0.3 and STS-B's score 0.5 (issue 19; benchmarks/demo_seeds.py runs six seeds);
 - every architecture config in configs/ at MiniLM size trains 30 steps with a falling
   training loss (below 0.95x its start), saves, and a run resumed from its checkpoint of
@@ -100,6 +100,11 @@ def minilm_args(glue_dir, minilm_dir, config_file, output_dir, tasks, *extra):
 # ---------------------------------------------------------------------------------------
 
 DEMO_SEED = 7  # neither the demo's own (42) nor one of benchmarks/demo_seeds.py's
+# Above the majority baseline by half the demo's margin (demo.MARGIN_OVER_MAJORITY, 0.10):
+# MRPC, the tightest, cleared its baseline by 0.097-0.143 on five seeds (benchmarks/README.md),
+# so the demo's own margin would make this test fail one seed in five; a task never drawn
+# or a broken head stays at its baseline (0.00).
+LEARNED_MARGIN = 0.05
 # (folder, dev file, label column, header row) of each dev set, as GLUE lays them out
 DEV_LAYOUT = {"cola": ("CoLA", "dev.tsv", 1, False), "mrpc": ("MRPC", "dev.tsv", 0, True),
               "mnli": ("MNLI", "dev_matched.tsv", -1, True), "mnli-mm": ("MNLI", "dev_mismatched.tsv", -1, True),
@@ -144,14 +149,14 @@ def demo_run(tmp_path_factory, minilm_dir):
 
 @pytest.mark.slow
 def test_the_demo_run_learns_every_task(demo_run):
-    """Every classification task beats its majority baseline by the demo's margin, CoLA's
-    MCC and STS-B's score reach the demo's minimums, the GLUE average 0.75. (Fails, as it
+    """Every classification task beats its majority baseline by LEARNED_MARGIN, CoLA's MCC
+    and STS-B's score reach the demo's minimums, the GLUE average 0.75. (Fails, as it
     should, with a task that is never drawn or with heads that start at std 1.)"""
     data_dir, out = demo_run
     best = json.loads((out / "eval_results.json").read_text())
     scores = best["scores"]
     assert sorted(scores) == sorted([*DEV_LAYOUT, "sts"])
-    needed = {key: majority_baseline(data_dir, key) + demo.MARGIN_OVER_MAJORITY for key in DEV_LAYOUT}
+    needed = {key: majority_baseline(data_dir, key) + LEARNED_MARGIN for key in DEV_LAYOUT}
     needed.update(cola=0.30, sts=0.50)
     missed = {key: (round(scores[key], 3), round(needed[key], 3)) for key in needed if scores[key] < needed[key]}
     assert not missed, f"tasks below what learning needs (score, needed): {missed}"
