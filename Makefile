@@ -29,9 +29,10 @@ demo: $(STAMP)
 
 # The suite runs on TEST_WORKERS pytest-xdist workers with one torch thread each: most of
 # a test's time is Python, not matmuls, so one process left the second core idle. A test
-# file stays on one worker (--dist loadfile), so its module fixtures are built once.
+# file stays on one worker (--dist loadfile), so its module fixtures are built once; files
+# are handed out in collection order, the longest first (tests/conftest.py, LONGEST_FIRST).
 TEST_WORKERS ?= 2
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

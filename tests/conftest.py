@@ -167,3 +167,18 @@ def pytest_terminal_summary(terminalreporter):
             f"CI is set: {len(_skipped)} skipped test(s) count as failures: " + ", ".join(_skipped),
             red=True,
         )
+
+
+# The longest test files, longest first (seconds of one worker on a 2-core AMD EPYC,
+# tests/README.md#time). `make test` runs files whole on two xdist workers and, with
+# --no-loadscope-reorder, hands them out in collection order: started first, the longest
+# file runs beside all the others instead of becoming a tail that one worker runs alone.
+# (xdist's own order, most tests first, started test_learning.py after four minutes.)
+LONGEST_FIRST = ("test_learning.py", "test_reliability.py", "test_length_grouping.py", "test_run_multi_task.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # stable: the other files keep their order
