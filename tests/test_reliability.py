@@ -1275,6 +1275,7 @@ SOAK_DRIVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 2,000 steps (about 1 minute)
 @pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="needs /proc (Linux)")
 def test_soak_resident_memory_stays_flat(tmp_path, glue_dir, small_vocab):
     """2,000 steps over 4 epochs (evaluation, metrics, best model and checkpoints every

@@ -243,6 +243,7 @@ def test_resume_from_an_epoch_checkpoint_is_exact(tmp_path, glue_dir, vocab_file
     assert (full / "metrics.jsonl").read_text() == (resumed / "metrics.jsonl").read_text()
 
 
+@pytest.mark.slow  # a run in another process, stopped, resumed, and an uninterrupted one (about 50 s)
 def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path, glue_dir, vocab_file, repo_root):
     config = tiny_config(tmp_path / "config.json")
     common = ["--do_train", "--do_eval", "--sample", "anneal", "--num_train_epochs", "2", "--steps_per_epoch",
