@@ -2,10 +2,8 @@
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import conftest
@@ -243,52 +241,8 @@ def test_resume_from_an_epoch_checkpoint_is_exact(tmp_path, glue_dir, vocab_file
     assert (full / "metrics.jsonl").read_text() == (resumed / "metrics.jsonl").read_text()
 
 
-@pytest.mark.slow  # a run in another process, stopped, resumed, and an uninterrupted one (about 50 s)
-def test_sigterm_mid_epoch_then_resume_is_exact(tmp_path, glue_dir, vocab_file, repo_root):
-    config = tiny_config(tmp_path / "config.json")
-    common = ["--do_train", "--do_eval", "--sample", "anneal", "--num_train_epochs", "2", "--steps_per_epoch",
-              "200", "--learning_rate", "1e-3", "--no_save_adapters", "--save_checkpoints_steps", "0"]
-    # Every run in its own process with one thread: bit-identical results need the same
-    # thread count (reduction order) in every part of the comparison.
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-
-    def command(output_dir, *extra):
-        return [sys.executable, str(repo_root / "run_multi_task.py"),
-                *map(str, cli_args(glue_dir, config, vocab_file, output_dir, *common, *extra))]
-
-    full = tmp_path / "full"
-    finished = subprocess.run(command(full), capture_output=True, text=True, cwd=repo_root, env=env, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-2000:]
-
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(command(interrupted), stderr=subprocess.PIPE, text=True, cwd=repo_root, env=env)
-    _wait_for_training_to_start(process, interrupted / "train.log")
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-    assert "resume with --resume" in stderr
-    stopped_at = _final_state(interrupted)["global_step"]
-    assert 0 < stopped_at < 400, stopped_at
-    assert not list(interrupted.rglob("*.tmp")), "a partial file was left behind"
-
-    resumed = subprocess.run(command(interrupted, "--resume"), capture_output=True, text=True, cwd=repo_root,
-                             env=env, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _final_state(full), _final_state(interrupted)
-    assert a["global_step"] == b["global_step"] == 400
-    _assert_same_parameters(a["model"], b["model"])
-
-
-def _wait_for_training_to_start(process, log_file, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"training ended early: {process.stderr.read()[-2000:]}")
-        if log_file.is_file() and "task probabilities" in log_file.read_text():
-            time.sleep(0.5)  # a few steps in
-            return
-        time.sleep(0.05)
-    raise AssertionError("training did not start")
+# SIGTERM (and SIGKILL) mid-epoch in another process, then --resume, equal to an uninterrupted
+# run: tests/test_reliability.py, test_stop_at_a_random_step_then_resume_equals_an_uninterrupted_run.
 
 
 # ---------------------------------------------------------------------------------------
