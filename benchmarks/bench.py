@@ -483,7 +483,10 @@ def training_modes(sizes: Sequence[str], native_bf16: bool) -> list[Mode]:
     return modes
 
 
-def training_comparison(mode: Mode, batch, repeats: int, compiled: bool, peak_size: int) -> StepResult:
+def training_comparison(mode: Mode, batch, repeats: int, compiled: bool, peak_size: int,
+                        memory: bool = True) -> StepResult:
+    """Each model's training step timed in alternation; ``memory``: also its peak memory
+    (a profiled step, several seconds each on the CPU)."""
     models = classifier_models(mode.size, mode.dropout)
     steps = {}
     for name, model in models.items():
@@ -494,7 +497,7 @@ def training_comparison(mode: Mode, batch, repeats: int, compiled: bool, peak_si
         steps["ours_compiled"] = make_step(kernels.compile_model(twin), False, batch, mode.dtype, new_optimizer(twin))
         steps["ours_compiled"]()  # compile outside the memory profile
     peak = PeakRunner(peak_size, torch.bfloat16 if mode.dtype == "bf16" else torch.float32)
-    result = benchmark_steps(steps, repeats, memory=True, peak=peak)
+    result = benchmark_steps(steps, repeats, memory=memory, peak=peak)
     print(f"  training {mode.size} {mode.label}: " + ", ".join(
         f"{n} {result.median(n):.3f} s" for n in steps), flush=True)
     del models, steps
@@ -790,8 +793,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           flush=True)
     batch, real_lengths = fixed_training_batch()
     modes = training_modes(sizes, native_bf16)
+    # --smoke profiles memory in the first mode only: the same code, a third of the test's time.
     training = {mode: training_comparison(mode, batch, repeats if mode.size == "minilm" else large_repeats,
-                                          args.compile and mode.size == "minilm", peak_size)
+                                          args.compile and mode.size == "minilm", peak_size,
+                                          memory=not args.smoke or mode == modes[0])
                 for mode in modes}
     others["training"], meter = meter.cores(), OtherLoad()
     inference = inference_comparison("minilm", dtypes, 8 if args.smoke else 256 if quick else 512, repeats)

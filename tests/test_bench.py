@@ -39,6 +39,10 @@ def test_bench_smoke_run(repo_root):
     report = result.stdout
     assert "command: `python benchmarks/bench.py --smoke --threads 1`" in report
     assert "training step" in report and "| minilm | fp32 |" in report
+    # The memory profile ran (--smoke profiles the first mode only): a figure in MiB, not n/a.
+    first_row = next(line for line in report.splitlines() if line.startswith("| minilm | fp32 |"))
+    ours_mib, hf_mib = first_row.strip(" |").split(" | ")[-2:]
+    assert ours_mib.replace(",", "").isdigit() and hf_mib.replace(",", "").isdigit(), first_row
 
 
 def padded_batch(vocab_size: int, lengths, seq: int):
