@@ -10,7 +10,7 @@ that the weights move the right way:
   benchmarks/demo_seeds.py runs the demo itself on six seeds);
 - every architecture config in configs/ at MiniLM size trains 20 steps with a falling
   training loss (below 0.95x its start), saves, and a run resumed from its checkpoint of
-  step 10 ends with exactly its weights and metrics; it is rebuilt from its adapter files
+  step 15 ends with exactly its weights and metrics; it is rebuilt from its adapter files
   with identical outputs;
 - by default only the drawn task's own parameters (and the shared ones) change at a
   step; with --update_unsampled a task's parameters keep moving after their first use
@@ -176,7 +176,7 @@ def test_a_short_pals_run_learns_every_task(short_run):
 # ---------------------------------------------------------------------------------------
 
 ARCHITECTURE_TASKS = ["sst", "mnli"]
-STEPS, STOP_AT = 20, 10
+STEPS, STOP_AT = 20, 15
 # Every MiniLM-size config file in configs/ (a new one is trained here without being listed).
 ARCHITECTURE_CONFIGS = sorted(path.name for path in (Path(__file__).resolve().parent.parent / "configs")
                               .glob("minilm_*.json"))
@@ -206,7 +206,7 @@ def test_architecture_trains_saves_resumes_and_rebuilds(config_name, short_run, 
     train_step = training.Trainer.train_step
 
     def keep_the_halfway_checkpoint(trainer, task_id):
-        if trainer.settings.output_dir == full and trainer.global_step == STOP_AT:  # written after step 10
+        if trainer.settings.output_dir == full and trainer.global_step == STOP_AT:  # written after step 15
             (resumed / checkpointing.TRAINING_CHECKPOINT_DIR).mkdir(parents=True)
             shutil.copy(checkpointing.training_checkpoint_path(full), checkpointing.training_checkpoint_path(resumed))
         return train_step(trainer, task_id)
@@ -224,7 +224,7 @@ def test_architecture_trains_saves_resumes_and_rebuilds(config_name, short_run, 
     saved = torch.load(full / "best_model.pth", weights_only=True)
     assert set(saved) == set(final) and all(torch.equal(saved[k], final[k]) for k in final)
 
-    # 2. Resumed from the checkpoint written after step 10: the same weights and metrics.
+    # 2. Resumed from the checkpoint written after step 15: the same weights and metrics.
     probe.reset()
     args = minilm_args(glue_dir, minilm_dir, config_file, resumed, tasks, *common, "--no_save_adapters", "--resume")
     assert run_multi_task.main(args) == 0
