@@ -54,7 +54,7 @@ import run_multi_task
 import tokenization
 import training
 
-SAMPLE = 64  # training examples per task for the fixed-sample loss
+SAMPLE = 32  # training examples per task for the fixed-sample loss
 SEQ = 64
 
 
@@ -183,22 +183,28 @@ ARCHITECTURE_CONFIGS = sorted(path.name for path in (Path(__file__).resolve().pa
 FALL = 0.95  # the training loss after 20 steps is below this fraction of its start (0.45-0.67 seen)
 
 
+@pytest.fixture(scope="module")
+def shared_bert(short_run, tmp_path_factory) -> Path:
+    """The short run's shared BERT alone (its pooler has learned): best_model.pth also
+    holds that run's heads, which --init_checkpoint would load."""
+    path = tmp_path_factory.mktemp("shared_bert") / "shared_bert.pt"
+    trained = torch.load(short_run[1] / checkpointing.BEST_MODEL_FILE, weights_only=True)
+    torch.save({key: tensor for key, tensor in trained.items() if modeling.task_of_key(key) is None}, path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("config_name", ARCHITECTURE_CONFIGS)
-def test_architecture_trains_saves_resumes_and_rebuilds(config_name, short_run, tmp_path, glue_dir, minilm_dir,
+def test_architecture_trains_saves_resumes_and_rebuilds(config_name, shared_bert, tmp_path, glue_dir, minilm_dir,
                                                         tokenizer, repo_root, monkeypatch):
     config_file = repo_root / "configs" / config_name
     tasks = ARCHITECTURE_TASKS
-    # From the short run's shared BERT (its pooler has learned; adapters and heads start
-    # fresh), with another seed than that run's: with the same one, PALs would start from
-    # the very head weights that run trained its BERT against. The modules on top need the
-    # standard LayerNorm init to learn in a short run. 30 steps of a fresh BERT layer on top
-    # were sensitive to the batch order (from an earlier run's BERT: seed 2 left its loss at
-    # 1.00x the start, seed 3 brought it to 0.79x); 20 steps from a demo run's BERT: 0.45x.
-    # (best_model.pth also holds the short run's heads, which --init_checkpoint would load)
-    shared_bert = tmp_path / "shared_bert.pt"
-    trained = torch.load(short_run[1] / checkpointing.BEST_MODEL_FILE, weights_only=True)
-    torch.save({key: tensor for key, tensor in trained.items() if modeling.task_of_key(key) is None}, shared_bert)
+    # From the short run's shared BERT (adapters and heads start fresh), with another seed
+    # than that run's: with the same one, PALs would start from the very head weights that
+    # run trained its BERT against. The modules on top need the standard LayerNorm init to
+    # learn in a short run. 30 steps of a fresh BERT layer on top were sensitive to the
+    # batch order (from an earlier run's BERT: seed 2 left its loss at 1.00x the start,
+    # seed 3 brought it to 0.79x); 20 steps from a demo run's BERT: 0.45x.
     common = ["--steps_per_epoch", STEPS, "--train_batch_size", "8", "--learning_rate", "1e-4", "--seed", "3",
               "--layer_norm_init", "standard", "--init_checkpoint", shared_bert, "--save_checkpoints_steps", STOP_AT]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
