@@ -1109,6 +1109,7 @@ def _assert_same_final_parameters(reference, output_dir):
     assert final["history"] == reference["history"]  # the same evaluations, metric for metric
 
 
+@pytest.mark.slow  # an uninterrupted run, then a stopped and a resumed one, in subprocesses (about 20 s each)
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_stop_at_a_random_step_then_resume_equals_an_uninterrupted_run(signum, kill_setup, glue_dir, small_vocab):
     folder, config, reference = kill_setup

@@ -488,6 +488,7 @@ def test_batch_stream_in_the_originals_dataloader_order():
         training.BatchStream(10, 4, seed=1, task_id=0, torch_sampler=True)
 
 
+@pytest.mark.slow  # two gloo processes (about 15 s)
 def test_two_processes_under_replicate_original_cut_the_same_batches(glue_data, vocab_file, tmp_path):
     """With dropout, ranks holding shards of different sizes draw different numbers of
     dropout values, and their torch generators part. A task's DataLoader seed drawn

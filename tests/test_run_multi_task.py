@@ -249,6 +249,7 @@ def test_resume_from_an_epoch_checkpoint_is_exact(tmp_path, glue_dir, vocab_file
 # Distributed: two gloo processes equal one process with the same global batch
 # ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # three runs, two of them as gloo processes (about 15 s)
 def test_two_process_gloo_run_equals_one_process(tmp_path, glue_dir, vocab_file, repo_root):
     config = tiny_config(tmp_path / "config.json", dropout=0.0)  # dropout masks differ across layouts
     common = ["--do_train", "--do_eval", "--sample", "prop", "--num_train_epochs", "2", "--steps_per_epoch", "6",
