@@ -1,0 +1,138 @@
+"""Which demo dev examples a run gets wrong, for MRPC and SST-2, and of what kind.
+
+The demo data's labels follow rules written in demo_data.py, so each dev example's true
+label can be read back from its text. That splits a run's misses into label noise (the
+~10% of dev labels flipped on purpose, which no model can get right) and the model's
+own errors, and sorts those by kind: for MRPC the detail that differs between the two
+sentences (subject, object, place, weekday, or subject and object swapped), for SST-2
+the sentence's form and whether a clause is negated.
+
+    python benchmarks/demo_errors.py demo_output [more run folders]
+
+A run folder is what run_multi_task.py writes (best_model.pth, config.json, tasks.json,
+vocab.txt); the dev sets are read from --data_dir (default: the demo's).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+import demo  # noqa: E402
+import demo_data  # noqa: E402
+import glue  # noqa: E402
+from errors import DataError, UsageError  # noqa: E402
+from inference import Predictor  # noqa: E402
+
+POSITIVE, NEGATIVE = set(demo_data._POSITIVE), set(demo_data._NEGATIVE)
+UNSYNONYM = {synonym: word for word, synonym in demo_data._SYNONYMS.items()}
+VERB_OF = {form: i for i, forms in enumerate(demo_data._VERBS) for form in forms}
+
+# MRPC's first sentence, lower-cased: [the SPEAKER said "] the ADJ SUBJECT VERB the OBJECT in the PLACE on DAY [" ] .
+FIRST = re.compile(r'(?:the \w+ said " )?the \w+ (\w+) (\w+) the (\w+) in the (\w+) on (\w+)(?: ")? \.')
+# The second, after undoing the synonyms: active with the weekday in front, or passive.
+ACTIVE = re.compile(r"on (?P<day>\w+) , the \w+ (?P<subject>\w+) (?P<verb>\w+) the (?P<object>\w+) in the (?P<place>\w+) \.")
+PASSIVE = re.compile(r"the (?P<object>\w+) was (?P<verb>\w+) by the \w+ (?P<subject>\w+) in the (?P<place>\w+) on (?P<day>\w+) \.")
+SLOTS = ("subject", "verb", "object", "place", "day")
+
+
+def _event(match: re.Match | None, text: str) -> dict:
+    if match is None:
+        raise ValueError(f"not a demo MRPC sentence: {text!r}")
+    event = dict(zip(SLOTS, match.groups())) if match.re is FIRST else match.groupdict()
+    event["verb"] = VERB_OF[event["verb"]]  # past tense or participle: the same verb
+    return event
+
+
+def mrpc_truth(first: str, second: str) -> tuple[str, str]:
+    """(label, kind) of an MRPC pair from its text: "1" if both sentences tell the same
+    event; otherwise "0", and the kind names the detail that differs."""
+    a = _event(FIRST.fullmatch(first.lower()), first)
+    unsynonymised = " ".join(UNSYNONYM.get(word, word) for word in second.lower().split())
+    b = _event(ACTIVE.fullmatch(unsynonymised) or PASSIVE.fullmatch(unsynonymised), second)
+    differ = [slot for slot in SLOTS if a[slot] != b[slot]]
+    if not differ:
+        return "1", "paraphrase"
+    if differ == ["subject", "object"] and b["object"] == a["subject"]:
+        return "0", "swapped"
+    if len(differ) != 1:
+        raise ValueError(f"MRPC pair differs in {differ}, not one detail: {first!r} / {second!r}")
+    return "0", differ[0]
+
+
+def _clause_polarity(clause: str) -> tuple[int, bool]:
+    """(+1 or -1, negated) of "the ASPECT is [not] [INTENSIFIER] WORD" or "it 's a WORD"."""
+    words = clause.split()
+    polarity = 1 if words[-1] in POSITIVE else -1 if words[-1] in NEGATIVE else 0
+    if polarity == 0:
+        raise ValueError(f"no sentiment word at the end of {clause!r}")
+    negated = "not" in words
+    return (-polarity if negated else polarity), negated
+
+
+def sst_truth(sentence: str) -> tuple[str, str]:
+    """(label, kind) of an SST-2 sentence from its text: the sign of its clauses' summed
+    polarities (a clause's word, flipped by "not"); on a tie, the clause after "but".
+    The kind: the sentence's form, "+ not" if a clause is negated."""
+    text = sentence.strip()
+    if text.startswith("it 's a "):  # it 's a WORD ASPECT
+        return ("1" if _clause_polarity(" ".join(text.split()[:4]))[0] > 0 else "0"), "it's a ..."
+    but = " , but " in text
+    clauses = [_clause_polarity(clause) for clause in text.split(" , but " if but else " , and ")]
+    total = sum(polarity for polarity, _ in clauses)
+    if but and total == 0:
+        total = clauses[1][0]
+    kind = "2 clauses (but)" if but else f"{len(clauses)} clause{'s' * (len(clauses) > 1)}"
+    return ("1" if total > 0 else "0"), kind + (" + not" if any(negated for _, negated in clauses) else "")
+
+
+def task_errors(predictor: Predictor, data_dir: Path, task: str) -> dict:
+    """Dev accuracy against the file's labels and against the labels read from the text,
+    the flipped labels, and the model's own errors per kind ("errors/examples")."""
+    examples = glue.read_examples(data_dir, task, "dev")
+    truth = [mrpc_truth(e.text_a, e.text_b) if task == "mrpc" else sst_truth(e.text_a) for e in examples]
+    inputs = [(e.text_a, e.text_b) if e.text_b else e.text_a for e in examples]
+    predicted = [result["label"] for result in predictor(task, inputs)]
+    errors, totals = collections.Counter(), collections.Counter()
+    for guess, (label, kind) in zip(predicted, truth):
+        totals[kind] += 1
+        errors[kind] += guess != label
+    n = len(examples)
+    return {"accuracy": sum(g == e.label for g, e in zip(predicted, examples)) / n,
+            "true_accuracy": sum(g == label for g, (label, _) in zip(predicted, truth)) / n,
+            "flipped_labels": sum(e.label != label for e, (label, _) in zip(examples, truth)),
+            "errors": {kind: f"{errors[kind]}/{totals[kind]}" for kind in sorted(totals)}}
+
+
+def run(args: argparse.Namespace) -> None:
+    for run_dir in args.runs:
+        predictor = Predictor.from_run(run_dir)
+        tasks = [task for task in ("mrpc", "sst") if task in predictor.task_names]
+        if not tasks:
+            raise UsageError(f"{run_dir}: the model was trained on {', '.join(predictor.task_names)}, "
+                             f"neither MRPC nor SST-2")
+        for task in tasks:
+            try:
+                found = task_errors(predictor, args.data_dir, task)
+            except ValueError as err:  # not the demo's sentences
+                raise DataError(f"{args.data_dir}: {err}; this script reads only the demo data") from None
+            print(f"{run_dir}  {task:4s}  dev accuracy {found['accuracy']:.2f} ({found['flipped_labels']} labels "
+                  f"flipped), against the text's labels {found['true_accuracy']:.2f}; errors by kind:")
+            print("    " + "; ".join(f"{kind} {count}" for kind, count in found["errors"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=cli.HelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders of run_multi_task.py")
+    parser.add_argument("--data_dir", type=Path, default=demo.DATA_DIR, help="the demo GLUE folder")
+    return cli.run_main(run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

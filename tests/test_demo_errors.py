@@ -1,0 +1,61 @@
+"""benchmarks/demo_errors.py reads each MRPC and SST-2 example's label back from its text.
+
+The reference is the generator itself (demo_data.py) with its label noise switched off:
+every label written must be the one read back, for every kind of example.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import demo_data
+import glue
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import demo_errors  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def noiseless_glue(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo_data, "_LABEL_NOISE", 0.0)
+        out = tmp_path_factory.mktemp("noiseless")
+        demo_data.write_demo_glue(out, seed=3, scale=2.0)
+    return out
+
+
+@pytest.mark.parametrize("task, truth, kinds", [
+    ("mrpc", lambda e: demo_errors.mrpc_truth(e.text_a, e.text_b),
+     {"paraphrase", "subject", "object", "place", "day", "swapped"}),
+    ("sst", lambda e: demo_errors.sst_truth(e.text_a),
+     {"it's a ...", "1 clause", "1 clause + not", "2 clauses (but)", "2 clauses (but) + not", "3 clauses",
+      "3 clauses + not"}),
+])
+def test_the_label_read_from_the_text_is_the_generators(noiseless_glue, task, truth, kinds):
+    examples = [e for split in ("train", "dev") for e in glue.read_examples(noiseless_glue, task, split)]
+    found = [truth(e) for e in examples]
+    wrong = [(e.text_a, e.text_b, e.label, label) for e, (label, _) in zip(examples, found) if label != e.label]
+    assert not wrong, f"{len(wrong)} of {len(examples)} read wrongly, e.g. {wrong[:3]}"
+    assert {kind for _, kind in found} == kinds
+
+
+def test_a_model_answering_the_files_labels_errs_exactly_on_the_flipped_ones(make_glue_dir):
+    data_dir = make_glue_dir(0, 1.0)  # with the usual label noise
+
+    class FileLabels:  # stands in for a trained model: it answers each dev example's file label
+        def __call__(self, task, inputs):
+            labels = {(e.text_a, e.text_b) if e.text_b else e.text_a: e.label
+                      for e in glue.read_examples(data_dir, task, "dev")}
+            return [{"label": labels[item]} for item in inputs]
+
+    for task in ("mrpc", "sst"):
+        found = demo_errors.task_errors(FileLabels(), data_dir, task)
+        n = len(glue.read_examples(data_dir, task, "dev"))
+        assert found["accuracy"] == 1.0
+        assert 0 < found["flipped_labels"] < 0.25 * n
+        assert found["true_accuracy"] == pytest.approx(1 - found["flipped_labels"] / n)
+        errors = sum(int(count.split("/")[0]) for count in found["errors"].values())
+        examples = sum(int(count.split("/")[1]) for count in found["errors"].values())
+        assert (errors, examples) == (found["flipped_labels"], n)
