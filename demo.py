@@ -26,10 +26,10 @@ CONFIG = ROOT / "configs" / "minilm_pals_config.json"
 TRAINING_FLAGS = [
     "--tasks", "all", "--sample", "anneal", "--multi", "--do_train", "--do_eval", "--do_predict",
     "--do_lower_case", "--max_seq_length", "64", "--train_batch_size", "16", "--eval_batch_size", "64",
-    "--learning_rate", "5e-5", "--num_train_epochs", "3", "--steps_per_epoch", "300",
+    "--learning_rate", "5e-5", "--num_train_epochs", "4", "--steps_per_epoch", "300",
     # No warm-up: BERTAdam schedules each parameter by its own update count, and a task's
     # adapters and head are updated only on the steps that draw it, so RTE and MRPC (drawn
-    # about 70 times) would end the run still inside a warm-up of 10% of 900 = 90 updates.
+    # about 100 times) would end the run still inside a warm-up of 10% of 1200 = 120 updates.
     # Adam's bias correction keeps the first updates in scale without one.
     "--warmup_proportion", "0",
     "--save_checkpoints_steps", "0", "--overwrite_output_dir",

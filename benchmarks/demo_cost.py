@@ -1,11 +1,11 @@
-"""What a step of ``make demo`` costs, and the least time its 900 steps can take here.
+"""What a step of ``make demo`` costs, and the least time its 1,200 steps can take here.
 
 Runs demo.py's training (its data, flags and weights) through run_multi_task.py for
 ``--steps`` steps and stops. Steps alternate: the even ones run under torch's
 FlopCounterMode (its count of every matrix product, forward and backward), the odd ones
 are timed, with BERTAdam's share timed apart. Then square fp32 matmuls give this CPU's
 rate. The floor assumes every FLOP at that rate and the optimizer as it is (it only
-streams memory): 900 x (GFLOP per step / matmul rate + optimizer seconds per step).
+streams memory): steps x (GFLOP per step / matmul rate + optimizer seconds per step).
 
     python benchmarks/demo_cost.py              # 200 steps (about 2.5 minutes)
 """
@@ -31,7 +31,12 @@ import optimization  # noqa: E402
 import run_multi_task  # noqa: E402
 import training  # noqa: E402
 
-DEMO_STEPS = 900
+
+def _flag(name: str) -> int:
+    return int(demo.TRAINING_FLAGS[demo.TRAINING_FLAGS.index(name) + 1])
+
+
+DEMO_STEPS = _flag("--num_train_epochs") * _flag("--steps_per_epoch")  # 4 x 300
 
 
 class Stop(Exception):

@@ -7,7 +7,7 @@ a classification task at least 0.10 above its majority baseline, CoLA MCC >= 0.3
 STS-B Pearson >= 0.50), then the GLUE average (needed: 0.75). Exit status 1 if any
 seed missed any threshold.
 
-    python benchmarks/demo_seeds.py                 # seeds 1 2 3 4 5 42 (42 min on 2 AMD EPYC cores)
+    python benchmarks/demo_seeds.py                 # seeds 1 2 3 4 5 42 (54 min on 2 AMD EPYC cores)
     python benchmarks/demo_seeds.py --seeds 7 8 --json seeds.json
 """
 from __future__ import annotations

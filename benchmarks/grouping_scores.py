@@ -1,9 +1,10 @@
 """Scores with length-grouped batches against plain shuffling, in the demo's setting.
 
-The demo's run (demo.py: PALs on MiniLM, all eight tasks, annealed sampling, 3 epochs
-x 100 steps of 32) for several seeds, once with the default length-grouped batches
-and once with --no_group_by_length, the same steps otherwise; prints the best GLUE
-average (and each task's best-epoch score) per seed and the mean and spread of both.
+The demo's run (demo.TRAINING_FLAGS: PALs on MiniLM, all eight tasks, annealed sampling;
+the table in benchmarks/README.md was measured when they were 3 epochs x 100 steps of 32)
+for several seeds, once with the default length-grouped batches and once with
+--no_group_by_length, the same steps otherwise; prints the best GLUE average (and each
+task's best-epoch score) per seed and the mean and spread of both.
 
     python benchmarks/grouping_scores.py                 # seeds 1 2 3 (about 20 minutes on 2 cores)
     python benchmarks/grouping_scores.py --seeds 1 2 3 4 5
