@@ -5,7 +5,9 @@ label can be read back from its text. That splits a run's misses into label nois
 ~10% of dev labels flipped on purpose, which no model can get right) and the model's
 own errors, and sorts those by kind: for MRPC the detail that differs between the two
 sentences (subject, object, place, weekday, or subject and object swapped), for SST-2
-the sentence's form and whether a clause is negated.
+the sentence's form and whether a clause is negated. The same reading on the training
+set counts the flipped training labels the model answers with the flipped label: noise
+it has learned by heart, which costs it dev examples that resemble them.
 
     python benchmarks/demo_errors.py demo_output [more run folders]
 
@@ -92,22 +94,47 @@ def sst_truth(sentence: str) -> tuple[str, str]:
     return ("1" if total > 0 else "0"), kind + (" + not" if any(negated for _, negated in clauses) else "")
 
 
+def _truth(task: str, example: glue.InputExample) -> tuple[str, str]:
+    return mrpc_truth(example.text_a, example.text_b) if task == "mrpc" else sst_truth(example.text_a)
+
+
+def _answers(predictor: Predictor, task: str, examples: list) -> list[str]:
+    return [result["label"] for result in predictor(task, [(e.text_a, e.text_b) if e.text_b else e.text_a
+                                                           for e in examples])]
+
+
 def task_errors(predictor: Predictor, data_dir: Path, task: str) -> dict:
     """Dev accuracy against the file's labels and against the labels read from the text,
-    the flipped labels, and the model's own errors per kind ("errors/examples")."""
+    the flipped labels, and the model's own errors per kind and per true label
+    ("errors/examples")."""
     examples = glue.read_examples(data_dir, task, "dev")
-    truth = [mrpc_truth(e.text_a, e.text_b) if task == "mrpc" else sst_truth(e.text_a) for e in examples]
-    inputs = [(e.text_a, e.text_b) if e.text_b else e.text_a for e in examples]
-    predicted = [result["label"] for result in predictor(task, inputs)]
+    truth = [_truth(task, e) for e in examples]
+    predicted = _answers(predictor, task, examples)
     errors, totals = collections.Counter(), collections.Counter()
+    by_label, label_totals = collections.Counter(), collections.Counter()
     for guess, (label, kind) in zip(predicted, truth):
         totals[kind] += 1
         errors[kind] += guess != label
+        label_totals[label] += 1
+        by_label[label] += guess != label
     n = len(examples)
     return {"accuracy": sum(g == e.label for g, e in zip(predicted, examples)) / n,
             "true_accuracy": sum(g == label for g, (label, _) in zip(predicted, truth)) / n,
             "flipped_labels": sum(e.label != label for e, (label, _) in zip(examples, truth)),
-            "errors": {kind: f"{errors[kind]}/{totals[kind]}" for kind in sorted(totals)}}
+            "errors": {kind: f"{errors[kind]}/{totals[kind]}" for kind in sorted(totals)},
+            "errors_by_label": {label: f"{by_label[label]}/{label_totals[label]}" for label in sorted(label_totals)}}
+
+
+def memorised(predictor: Predictor, data_dir: Path, task: str) -> dict:
+    """The training examples whose file label was flipped, per true label, and how many
+    of them the model answers with the flipped label: label noise it has learned by heart."""
+    examples = [e for e in glue.read_examples(data_dir, task, "train") if e.label != _truth(task, e)[0]]
+    flipped, learned = collections.Counter(), collections.Counter()
+    for example, guess in zip(examples, _answers(predictor, task, examples)):
+        label = _truth(task, example)[0]
+        flipped[label] += 1
+        learned[label] += guess == example.label
+    return {label: f"{learned[label]}/{flipped[label]}" for label in sorted(flipped)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -120,11 +147,16 @@ def run(args: argparse.Namespace) -> None:
         for task in tasks:
             try:
                 found = task_errors(predictor, args.data_dir, task)
+                learned = memorised(predictor, args.data_dir, task)
             except ValueError as err:  # not the demo's sentences
                 raise DataError(f"{args.data_dir}: {err}; this script reads only the demo data") from None
             print(f"{run_dir}  {task:4s}  dev accuracy {found['accuracy']:.2f} ({found['flipped_labels']} labels "
                   f"flipped), against the text's labels {found['true_accuracy']:.2f}; errors by kind:")
             print("    " + "; ".join(f"{kind} {count}" for kind, count in found["errors"].items()))
+            print("    errors by the text's label: " + "; ".join(f"{label} {count}" for label, count in
+                                                               found["errors_by_label"].items()))
+            print("    flipped training labels the model reproduces, by the text's label: "
+                  + "; ".join(f"{label} {count}" for label, count in learned.items()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,7 @@
 Three methods on the demo data (demo_data.write_demo_glue, seed 0) with the real
 MiniLM weights, each once per seed (--seeds, default 1 2 3):
 
-  pals     PALs multi-task: demo.py's training run (demo.TRAINING_FLAGS with demo.CONFIG),
-           but 3 epochs of 300 steps, not the demo's 4 (MULTI_TASK_EPOCHS)
+  pals     PALs multi-task: demo.py's training run (demo.TRAINING_FLAGS with demo.CONFIG)
   shared   plain multi-task: the same flags with configs/minilm_bert_config.json
            (one shared BERT, one head per task)
   single   each task fine-tuned alone (--tasks <task>, minilm_bert_config.json), given as
@@ -24,7 +23,8 @@ GLUE tasks with the share that serves a single task; --out writes the same as JS
     python benchmarks/paper_comparison.py --quick --tasks rte,mrpc --seeds 1 --work_dir /tmp/pc
 
 Runs go to --work_dir as <method>_seed<N> and single_<task>_seed<N> (each run's train.log,
-args.json and eval_results.json stay; best_model.pth is removed to save disk space).
+args.json and eval_results.json stay; best_model.pth is removed to save disk space, but
+--keep_models keeps the multi-task runs' for benchmarks/demo_errors.py).
 """
 from __future__ import annotations
 
@@ -53,9 +53,6 @@ from errors import UsageError  # noqa: E402
 BERT_CONFIG = ROOT / "configs" / "minilm_bert_config.json"
 METHODS = {"pals": "PALs multi-task", "shared": "plain multi-task", "single": "single-task"}
 QUICK_FLAGS = ["--steps_per_epoch", "3", "--num_train_epochs", "2"]  # a check of the script, not a result
-# The table in benchmarks/README.md was measured when the demo trained 3 epochs (900 steps);
-# the demo now trains 4, and the comparison keeps the budget its table was measured with.
-MULTI_TASK_EPOCHS = ["--num_train_epochs", "3"]
 
 
 def run_argv(data_dir: Path, output_dir: Path, config: Path, tasks: str, seed: int, extra: list[str]) -> list[str]:
@@ -68,7 +65,7 @@ def run_argv(data_dir: Path, output_dir: Path, config: Path, tasks: str, seed: i
             "--tasks", tasks, "--seed", str(seed), "--no_plot", "--no_save_adapters", *extra]
 
 
-def train(argv: list[str], output_dir: Path) -> dict:
+def train(argv: list[str], output_dir: Path, keep_model: bool = False) -> dict:
     """One run of run_multi_task.py in its own process; its best evaluation."""
     finished = subprocess.run([sys.executable, str(ROOT / "run_multi_task.py"), *argv],
                               capture_output=True, text=True, cwd=ROOT)
@@ -76,7 +73,8 @@ def train(argv: list[str], output_dir: Path) -> dict:
         lines = finished.stderr.strip().splitlines() or ["no output"]
         raise UsageError(f"the run in {output_dir} failed (exit {finished.returncode}): {lines[-1]}; "
                          f"see {output_dir / 'train.log'}")
-    (output_dir / checkpointing.BEST_MODEL_FILE).unlink(missing_ok=True)  # the scores are all we keep
+    if not keep_model:  # the scores are all we keep
+        (output_dir / checkpointing.BEST_MODEL_FILE).unlink(missing_ok=True)
     return reports.read_eval_results(output_dir)
 
 
@@ -141,8 +139,8 @@ def compare(args: argparse.Namespace, work_dir: Path) -> dict:
             output_dir = work_dir / f"{method}_seed{seed}"
             # --logging_steps 1: train.log names the task of every step
             argv = run_argv(data_dir, output_dir, config, args.tasks, seed,
-                            [*MULTI_TASK_EPOCHS, *quick, "--logging_steps", "1"])
-            scores[method].append(train(argv, output_dir)["scores"])
+                            [*quick, "--logging_steps", "1"])
+            scores[method].append(train(argv, output_dir, args.keep_models)["scores"])
             if method == "pals":
                 updates[seed] = draws_per_task(argv, task_names)
             print(f"seed {seed} {method}: {json.dumps(scores[method][-1])}", flush=True)
@@ -168,7 +166,7 @@ def compare(args: argparse.Namespace, work_dir: Path) -> dict:
     table["pals"]["parameters"] = parameter_counts(demo.CONFIG, separate=False)
     table["shared"]["parameters"] = parameter_counts(BERT_CONFIG, separate=False)
     table["single"]["parameters"] = parameter_counts(BERT_CONFIG, separate=True)
-    return {"seeds": args.seeds, "tasks": task_names, "quick": args.quick, "training_flags": [*demo.TRAINING_FLAGS, *MULTI_TASK_EPOCHS],
+    return {"seeds": args.seeds, "tasks": task_names, "quick": args.quick, "training_flags": demo.TRAINING_FLAGS,
             "single_task_updates": updates, "methods": table}
 
 
@@ -210,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the table as JSON to this file")
     parser.add_argument("--quick", action="store_true",
                         help=f"multi-task runs of {' '.join(QUICK_FLAGS)}: a check of the script")
+    parser.add_argument("--keep_models", action="store_true",
+                        help="keep the multi-task runs' best_model.pth (95 MB each), for benchmarks/demo_errors.py")
     return cli.run_main(run, parser.parse_args(argv))
 
 

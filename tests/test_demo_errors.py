@@ -44,11 +44,15 @@ def test_the_label_read_from_the_text_is_the_generators(noiseless_glue, task, tr
 def test_a_model_answering_the_files_labels_errs_exactly_on_the_flipped_ones(make_glue_dir):
     data_dir = make_glue_dir(0, 1.0)  # with the usual label noise
 
-    class FileLabels:  # stands in for a trained model: it answers each dev example's file label
+    class FileLabels:  # stands in for a trained model: it answers each example's file label
         def __call__(self, task, inputs):
             labels = {(e.text_a, e.text_b) if e.text_b else e.text_a: e.label
-                      for e in glue.read_examples(data_dir, task, "dev")}
+                      for split in ("train", "dev") for e in glue.read_examples(data_dir, task, split)}
             return [{"label": labels[item]} for item in inputs]
+
+    class OneLabel:  # answers "1" to everything
+        def __call__(self, task, inputs):
+            return [{"label": "1"} for _ in inputs]
 
     for task in ("mrpc", "sst"):
         found = demo_errors.task_errors(FileLabels(), data_dir, task)
@@ -59,3 +63,26 @@ def test_a_model_answering_the_files_labels_errs_exactly_on_the_flipped_ones(mak
         errors = sum(int(count.split("/")[0]) for count in found["errors"].values())
         examples = sum(int(count.split("/")[1]) for count in found["errors"].values())
         assert (errors, examples) == (found["flipped_labels"], n)
+        # per true label: the flipped dev labels of each class, counted here from the raw files
+        dev = glue.read_examples(data_dir, task, "dev")
+        truth = [(demo_errors.mrpc_truth(e.text_a, e.text_b) if task == "mrpc" else demo_errors.sst_truth(e.text_a))[0]
+                 for e in dev]
+        assert found["errors_by_label"] == {label: f"{sum(t == label != e.label for t, e in zip(truth, dev))}"
+                                                   f"/{truth.count(label)}" for label in ("0", "1")}
+
+        train = glue.read_examples(data_dir, task, "train")
+        truth = [(demo_errors.mrpc_truth(e.text_a, e.text_b) if task == "mrpc" else demo_errors.sst_truth(e.text_a))[0]
+                 for e in train]
+        flipped = {label: sum(t == label != e.label for t, e in zip(truth, train)) for label in ("0", "1")}
+        assert all(flipped.values())
+        # answering the file's labels reproduces every flipped one, except where the same
+        # text is in the file twice with both labels: a model answers one label per text (the
+        # stand-in, the later line's); answering "1" reproduces exactly those whose text says 0
+        answer = {(e.text_a, e.text_b): e.label for e in train}
+        reproduced = {label: sum(t == label != e.label == answer[e.text_a, e.text_b] for t, e in zip(truth, train))
+                      for label in ("0", "1")}
+        assert reproduced["0"] + reproduced["1"] >= sum(flipped.values()) - 2
+        assert demo_errors.memorised(FileLabels(), data_dir, task) == {label: f"{reproduced[label]}/{n}"
+                                                                      for label, n in flipped.items()}
+        assert demo_errors.memorised(OneLabel(), data_dir, task) == {"0": f"{flipped['0']}/{flipped['0']}",
+                                                                    "1": f"0/{flipped['1']}"}

@@ -41,7 +41,7 @@ def test_quick_comparison_table_and_single_task_budgets(repo_root, tmp_path, min
     work, out = tmp_path / "work", tmp_path / "table.json"
     finished = subprocess.run(
         [sys.executable, str(repo_root / "benchmarks" / "paper_comparison.py"), "--quick", "--tasks", "rte,qqp",
-         "--seeds", "1", "--work_dir", str(work), "--out", str(out)],
+         "--seeds", "1", "--work_dir", str(work), "--out", str(out), "--keep_models"],
         capture_output=True, text=True, cwd=repo_root, timeout=3600)
     assert finished.returncode == 0, finished.stderr[-3000:]
     for row in ("| rte |", "| qqp |", "| GLUE average |", "| parameters (8 tasks) |"):
@@ -59,6 +59,8 @@ def test_quick_comparison_table_and_single_task_budgets(repo_root, tmp_path, min
     for folder, config, tasks in runs.values():
         arguments = checkpointing.read_run_arguments(folder)
         assert (arguments["bert_config_file"], arguments["tasks"], arguments["seed"]) == (config, tasks, 1)
+    # --keep_models: the multi-task models stay (for demo_errors.py), the single-task ones go
+    assert [(runs[name][0] / "best_model.pth").exists() for name in runs] == [True, True, False, False]
 
     # One seed: median, min and max are the run's own score (its eval_results.json).
     for method, folders in (("pals", ["pals"]), ("shared", ["shared"]), ("single", ["rte", "qqp"])):
