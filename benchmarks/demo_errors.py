@@ -7,7 +7,9 @@ own errors, and sorts those by kind: for MRPC the detail that differs between th
 sentences (subject, object, place, weekday, or subject and object swapped), for SST-2
 the sentence's form and whether a clause is negated. The same reading on the training
 set counts the flipped training labels the model answers with the flipped label: noise
-it has learned by heart, which costs it dev examples that resemble them.
+it has learned by heart, which costs it dev examples that resemble them; and SST-2's
+one-clause probes, every sentiment word in every aspect, show which words' polarity the
+model has learned backwards.
 
     python benchmarks/demo_errors.py demo_output [more run folders]
 
@@ -137,6 +139,20 @@ def memorised(predictor: Predictor, data_dir: Path, task: str) -> dict:
     return {label: f"{learned[label]}/{flipped[label]}" for label in sorted(flipped)}
 
 
+def word_probes(predictor: Predictor) -> dict:
+    """SST-2's one-clause sentences "the ASPECT is [INTENSIFIER] WORD" for every aspect,
+    intensifier (or none) and sentiment word of the generator: how many the model calls
+    wrongly, per word. A word wrong in most of its probes is a polarity the model has
+    learned backwards."""
+    probes = [(f"the {aspect} is {intensifier + ' ' if intensifier else ''}{word}", word)
+              for word in [*demo_data._POSITIVE, *demo_data._NEGATIVE] for aspect in demo_data._ASPECTS
+              for intensifier in ["", *demo_data._INTENSIFIERS]]
+    answers = predictor("sst", [text for text, _ in probes])
+    wrong = collections.Counter(word for (_, word), answer in zip(probes, answers)
+                                if answer["label"] != ("1" if word in POSITIVE else "0"))
+    return {"probes": len(probes), "wrong": sum(wrong.values()), "per_word": dict(wrong.most_common())}
+
+
 def run(args: argparse.Namespace) -> None:
     for run_dir in args.runs:
         predictor = Predictor.from_run(run_dir)
@@ -157,6 +173,10 @@ def run(args: argparse.Namespace) -> None:
                                                                found["errors_by_label"].items()))
             print("    flipped training labels the model reproduces, by the text's label: "
                   + "; ".join(f"{label} {count}" for label, count in learned.items()))
+            if task == "sst":
+                probed = word_probes(predictor)
+                print(f"    one-clause probes wrong: {probed['wrong']} of {probed['probes']}"
+                      + "".join(f"; {word} {count}" for word, count in probed["per_word"].items()))
 
 
 def main(argv: list[str] | None = None) -> int:

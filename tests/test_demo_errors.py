@@ -86,3 +86,24 @@ def test_a_model_answering_the_files_labels_errs_exactly_on_the_flipped_ones(mak
                                                                       for label, n in flipped.items()}
         assert demo_errors.memorised(OneLabel(), data_dir, task) == {"0": f"{flipped['0']}/{flipped['0']}",
                                                                     "1": f"0/{flipped['1']}"}
+
+
+def test_word_probes_count_the_sentences_a_model_calls_wrongly():
+    class Rule:  # the generator's rule for one clause: the sentiment word decides
+        def __call__(self, task, inputs):
+            return [{"label": "1" if text.split()[-1] in demo_data._POSITIVE else "0"} for text in inputs]
+
+    class Backwards(Rule):  # the rule, but "fresh" is negative
+        def __call__(self, task, inputs):
+            return [{"label": "0" if text.endswith(" fresh") else answer["label"]}
+                    for text, answer in zip(inputs, super().__call__(task, inputs))]
+
+    words = len(demo_data._POSITIVE) + len(demo_data._NEGATIVE)
+    per_word = len(demo_data._ASPECTS) * (1 + len(demo_data._INTENSIFIERS))  # 16 aspects x 7
+    assert demo_errors.word_probes(Rule()) == {"probes": words * per_word, "wrong": 0, "per_word": {}}
+    assert demo_errors.word_probes(Backwards()) == {"probes": words * per_word, "wrong": per_word,
+                                                    "per_word": {"fresh": per_word}}
+    # every probe of a negative word is wrong for a model that answers "1"
+    ones = demo_errors.word_probes(lambda task, inputs: [{"label": "1"} for _ in inputs])
+    assert ones["wrong"] == len(demo_data._NEGATIVE) * per_word
+    assert set(ones["per_word"]) == set(demo_data._NEGATIVE)
