@@ -9,7 +9,9 @@ the sentence's form and whether a clause is negated. The same reading on the tra
 set counts the flipped training labels the model answers with the flipped label: noise
 it has learned by heart, which costs it dev examples that resemble them; and SST-2's
 one-clause probes, every sentiment word in every aspect, show which words' polarity the
-model has learned backwards.
+model has learned backwards. The dev AUC of the model's log-odds against the text's labels,
+and its accuracy at a cut fitted on the training set, tell how well it orders the
+examples apart from where it cuts.
 
     python benchmarks/demo_errors.py demo_output [more run folders]
 
@@ -23,6 +25,8 @@ import collections
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -100,9 +104,12 @@ def _truth(task: str, example: glue.InputExample) -> tuple[str, str]:
     return mrpc_truth(example.text_a, example.text_b) if task == "mrpc" else sst_truth(example.text_a)
 
 
+def _answers_with_probabilities(predictor: Predictor, task: str, examples: list) -> list[dict]:
+    return predictor(task, [(e.text_a, e.text_b) if e.text_b else e.text_a for e in examples])
+
+
 def _answers(predictor: Predictor, task: str, examples: list) -> list[str]:
-    return [result["label"] for result in predictor(task, [(e.text_a, e.text_b) if e.text_b else e.text_a
-                                                           for e in examples])]
+    return [result["label"] for result in _answers_with_probabilities(predictor, task, examples)]
 
 
 def task_errors(predictor: Predictor, data_dir: Path, task: str) -> dict:
@@ -139,6 +146,32 @@ def memorised(predictor: Predictor, data_dir: Path, task: str) -> dict:
     return {label: f"{learned[label]}/{flipped[label]}" for label in sorted(flipped)}
 
 
+def ranking(predictor: Predictor, data_dir: Path, task: str) -> dict:
+    """How well the model orders the dev examples, apart from where it cuts: each
+    example's log-odds z = log p("1") - log p("0"); the dev AUC against the labels read
+    from the text (the chance that a true "1" gets a higher z than a true "0", ties
+    half), and the dev accuracy against the text at the cut that fits the training set's
+    text labels best (of those, the one nearest 0), so that the cut is not fitted on dev."""
+    def log_odds(examples):
+        answers = _answers_with_probabilities(predictor, task, examples)
+        return np.array([np.log(a["probabilities"]["1"]) - np.log(a["probabilities"]["0"]) for a in answers])
+
+    def split(name):
+        examples = glue.read_examples(data_dir, task, name)
+        return log_odds(examples), np.array([_truth(task, e)[0] == "1" for e in examples])
+
+    z, positive = split("train")
+    values = np.unique(z)
+    cuts = np.concatenate([[values[0] - 1], (values[:-1] + values[1:]) / 2, [values[-1] + 1]])
+    accuracy = ((z[None, :] > cuts[:, None]) == positive[None, :]).mean(axis=1)
+    best = cuts[accuracy == accuracy.max()]
+    cut = best[np.argmin(np.abs(best))]
+    z, positive = split("dev")
+    above = z[positive][:, None] - z[~positive][None, :]
+    return {"auc": float((above > 0).mean() + 0.5 * (above == 0).mean()), "cut": float(cut),
+            "accuracy_at_cut": float(((z > cut) == positive).mean())}
+
+
 def word_probes(predictor: Predictor) -> dict:
     """SST-2's one-clause sentences "the ASPECT is [INTENSIFIER] WORD" for every aspect,
     intensifier (or none) and sentiment word of the generator: how many the model calls
@@ -164,6 +197,7 @@ def run(args: argparse.Namespace) -> None:
             try:
                 found = task_errors(predictor, args.data_dir, task)
                 learned = memorised(predictor, args.data_dir, task)
+                ranked = ranking(predictor, args.data_dir, task)
             except ValueError as err:  # not the demo's sentences
                 raise DataError(f"{args.data_dir}: {err}; this script reads only the demo data") from None
             print(f"{run_dir}  {task:4s}  dev accuracy {found['accuracy']:.2f} ({found['flipped_labels']} labels "
@@ -173,6 +207,8 @@ def run(args: argparse.Namespace) -> None:
                                                                found["errors_by_label"].items()))
             print("    flipped training labels the model reproduces, by the text's label: "
                   + "; ".join(f"{label} {count}" for label, count in learned.items()))
+            print(f"    dev AUC against the text's labels {ranked['auc']:.3f}; at the cut that fits the training "
+                  f"set's text labels best (log-odds of 1 > {ranked['cut']:+.2f}) {ranked['accuracy_at_cut']:.2f}")
             if task == "sst":
                 probed = word_probes(predictor)
                 print(f"    one-clause probes wrong: {probed['wrong']} of {probed['probes']}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import demo_data
@@ -107,3 +108,35 @@ def test_word_probes_count_the_sentences_a_model_calls_wrongly():
     ones = demo_errors.word_probes(lambda task, inputs: [{"label": "1"} for _ in inputs])
     assert ones["wrong"] == len(demo_data._NEGATIVE) * per_word
     assert set(ones["per_word"]) == set(demo_data._NEGATIVE)
+
+
+@pytest.mark.parametrize("task", ["mrpc", "sst"])
+def test_ranking_tells_the_order_from_the_cut(noiseless_glue, task):
+    """Stand-ins that give each example a log-odds from its label in the noiseless files
+    (the truth there): the AUC is 1 when every "1" is above every "0", 0 reversed, 0.5
+    when all tie; the cut is fitted on the training set, not on dev."""
+    def labels(split):
+        return {(e.text_a, e.text_b) if e.text_b else e.text_a: e.label
+                for e in glue.read_examples(noiseless_glue, task, split)}
+    train, dev = labels("train"), labels("dev")
+
+    def stand_in(log_odds):
+        def answer(_task, inputs):
+            zs = [log_odds(train.get(item, dev.get(item)), item not in dev) for item in inputs]
+            return [{"label": "1" if z > 0 else "0", "probabilities": {"1": 1 / (1 + np.exp(-z)), "0": 1 / (1 + np.exp(z))}}
+                    for z in zs]
+        return answer
+
+    # on the training set every log-odds is 3 lower (but for the few texts in dev too): the
+    # cut that fits it lies between -4 and -2, and on dev (log-odds +-1) it calls everything "1"
+    shifted = demo_errors.ranking(stand_in(lambda label, in_train: (1 if label == "1" else -1) - 3 * in_train),
+                                  noiseless_glue, task)
+    dev_labels = [e.label for e in glue.read_examples(noiseless_glue, task, "dev")]
+    ones = dev_labels.count("1") / len(dev_labels)
+    assert 0 < ones < 1
+    assert shifted["auc"] == 1.0
+    assert -4 < shifted["cut"] < -2
+    assert shifted["accuracy_at_cut"] == pytest.approx(ones)
+    backwards = demo_errors.ranking(stand_in(lambda label, _: -1 if label == "1" else 1), noiseless_glue, task)
+    assert backwards["auc"] == 0.0
+    assert demo_errors.ranking(stand_in(lambda *_: 0.5), noiseless_glue, task)["auc"] == 0.5
