@@ -3,8 +3,7 @@
 Three methods on the demo data (demo_data.write_demo_glue, seed 0) with the real
 MiniLM weights, each once per seed (--seeds, default 1 2 3):
 
-  pals     PALs multi-task: demo.py's training run (demo.TRAINING_FLAGS with demo.CONFIG),
-           but 3 epochs of 300 steps, not the demo's 4 (MULTI_TASK_EPOCHS)
+  pals     PALs multi-task: demo.py's training run (demo.TRAINING_FLAGS with demo.CONFIG)
   shared   plain multi-task: the same flags with configs/minilm_bert_config.json
            (one shared BERT, one head per task)
   single   each task fine-tuned alone (--tasks <task>, minilm_bert_config.json), given as
@@ -54,9 +53,6 @@ from errors import UsageError  # noqa: E402
 BERT_CONFIG = ROOT / "configs" / "minilm_bert_config.json"
 METHODS = {"pals": "PALs multi-task", "shared": "plain multi-task", "single": "single-task"}
 QUICK_FLAGS = ["--steps_per_epoch", "3", "--num_train_epochs", "2"]  # a check of the script, not a result
-# The table in benchmarks/README.md was measured when the demo trained 3 epochs (900 steps);
-# the demo now trains 4, and the comparison keeps the budget its table was measured with.
-MULTI_TASK_EPOCHS = ["--num_train_epochs", "3"]
 
 
 def run_argv(data_dir: Path, output_dir: Path, config: Path, tasks: str, seed: int, extra: list[str]) -> list[str]:
@@ -143,7 +139,7 @@ def compare(args: argparse.Namespace, work_dir: Path) -> dict:
             output_dir = work_dir / f"{method}_seed{seed}"
             # --logging_steps 1: train.log names the task of every step
             argv = run_argv(data_dir, output_dir, config, args.tasks, seed,
-                            [*MULTI_TASK_EPOCHS, *quick, "--logging_steps", "1"])
+                            [*quick, "--logging_steps", "1"])
             scores[method].append(train(argv, output_dir, args.keep_models)["scores"])
             if method == "pals":
                 updates[seed] = draws_per_task(argv, task_names)
@@ -170,7 +166,7 @@ def compare(args: argparse.Namespace, work_dir: Path) -> dict:
     table["pals"]["parameters"] = parameter_counts(demo.CONFIG, separate=False)
     table["shared"]["parameters"] = parameter_counts(BERT_CONFIG, separate=False)
     table["single"]["parameters"] = parameter_counts(BERT_CONFIG, separate=True)
-    return {"seeds": args.seeds, "tasks": task_names, "quick": args.quick, "training_flags": [*demo.TRAINING_FLAGS, *MULTI_TASK_EPOCHS],
+    return {"seeds": args.seeds, "tasks": task_names, "quick": args.quick, "training_flags": demo.TRAINING_FLAGS,
             "single_task_updates": updates, "methods": table}
 
 
